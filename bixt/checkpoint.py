@@ -1,0 +1,154 @@
+"""Reading and writing BiXT weights: official releases, training checkpoints, safetensors.
+
+Accepted inputs: a plain state dict; a torch file (``.pth``, ``.pth.tar``, ``.pt``) holding either a
+state dict or a training checkpoint that wraps the weights under ``state_dict`` /
+``state_dict_ema`` / ``model`` next to optimizer state and argparse ``args``; the published ``.zip``
+files that contain one such checkpoint; ``.safetensors``. ``module.`` prefixes (DDP) are removed.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+PathLike = Union[str, os.PathLike]
+WEIGHT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def _torch_load(source) -> object:
+    # Training checkpoints carry argparse.Namespace under `args`; allow just that beyond tensors.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle errors come in several types
+            raise RuntimeError(
+                f"could not read {getattr(source, 'name', source)!s} as a torch checkpoint ({err}). If it holds "
+                "objects other than tensors and argparse args, re-save its state dict with torch.save"
+            ) from err
+
+
+def _load_safetensors(data: bytes | PathLike) -> StateDict:
+    from safetensors.torch import load, load_file
+
+    return load(data) if isinstance(data, bytes) else load_file(str(data))
+
+
+def _read_zip(path: Path) -> object:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        if any(n.endswith("data.pkl") for n in names):  # torch's own zip serialisation
+            return _torch_load(str(path))
+        weights = [n for n in names if n.lower().endswith(WEIGHT_SUFFIXES) and not n.startswith("__MACOSX")]
+        if not weights:
+            raise ValueError(f"{path} is a zip archive without a weight file ({', '.join(WEIGHT_SUFFIXES)}); found {names[:10]}")
+        if len(weights) > 1:
+            best = [n for n in weights if "best" in Path(n).name]
+            if len(best) != 1:
+                raise ValueError(f"{path} holds several weight files {weights}; extract the one you want and pass it")
+            weights = best
+        data = archive.read(weights[0])
+    if weights[0].endswith(".safetensors"):
+        return _load_safetensors(data)
+    return _torch_load(io.BytesIO(data))
+
+
+def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False, source: str = "checkpoint") -> StateDict:
+    """Pick the weights out of a training checkpoint and strip ``module.`` prefixes."""
+    state = checkpoint
+    order = ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else WRAPPER_KEYS
+    for key in order:
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping) and inner:
+            state = inner
+            break
+    else:
+        if use_ema:
+            raise KeyError(f"{source} has no EMA weights (state_dict_ema / model_ema); drop use_ema")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{source} holds no tensors; top-level keys: {list(checkpoint)[:10]}")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
+
+
+def read_state_dict(path: PathLike, use_ema: bool = False) -> StateDict:
+    """Read weights from any accepted file format (see module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return unwrap_state_dict(_load_safetensors(path), use_ema, str(path))
+    if zipfile.is_zipfile(path) and path.suffix == ".zip":
+        checkpoint = _read_zip(path)
+    else:
+        checkpoint = _torch_load(str(path))
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} does not hold a state dict or training checkpoint (got {type(checkpoint).__name__})")
+    return unwrap_state_dict(checkpoint, use_ema, str(path))
+
+
+def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Human-readable list of missing / unexpected / wrongly shaped keys ('' when it fits)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+            parts.append(f"{title}: {shown}")
+    return "; ".join(parts)
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: Union[PathLike, Mapping[str, torch.Tensor]],
+    strict: bool = True,
+    use_ema: bool = False,
+    filter_fn: Optional[Callable[[StateDict, nn.Module], StateDict]] = None,
+) -> nn.Module:
+    """Load weights into ``model``, mapping foreign key layouts through the model's filter.
+
+    ``filter_fn`` defaults to the model's ``checkpoint_filter_fn`` attribute (BiXT models map the
+    official layout onto their own). Raises ``RuntimeError`` naming every missing, unexpected and
+    mis-shaped key when the checkpoint does not fit.
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        state_dict = read_state_dict(checkpoint, use_ema)
+    else:
+        state_dict = unwrap_state_dict(checkpoint, use_ema)
+    filter_fn = filter_fn or getattr(model, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    problems = describe_mismatch(model, state_dict)
+    if problems and (strict or "shape" in problems):
+        raise RuntimeError(
+            f"{source} does not fit {type(model).__name__} ({problems}). Check that the checkpoint was made "
+            "for this architecture and variant (depth, dims, latents, classes)"
+        )
+    model.load_state_dict(state_dict, strict=strict)
+    return model
+
+
+def save_safetensors(model_or_state: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike) -> None:
+    """Write weights as safetensors (atomically: temp file then rename)."""
+    from safetensors.torch import save_file
+
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)

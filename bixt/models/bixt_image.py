@@ -1,0 +1,406 @@
+"""BiXT image classifiers (Hiller et al., NeurIPS 2024), registered in timm under the official names.
+
+image -> tokeniser (+ Fourier positional encoding) -> BiXTEncoder -> mean of latents -> fc_norm -> head
+
+Variants: ``bixt_{ti|ed256}[LS]_[cnv_]l{32|64|128}[_d13]_p{16|16s8|16s4|8|4}[_ft384]`` where ``ti`` is
+dim 192 / 6 heads, ``ed256`` dim 256 / 8 heads, ``LS`` layer scale, ``cnv`` the conv tokeniser,
+``l`` the number of latents, ``d13`` 13 layers (dense-task backbones), ``p16s8`` 16x16 patches with
+stride 8, ``ft384`` fine-tuned at 384 px with resolution-adaptive positional encoding.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Optional
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import lecun_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from bixt.checkpoint import load_checkpoint
+from bixt.core.blocks import LayerNorm
+from bixt.core.encoder import BiXTEncoder
+from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer
+
+__all__ = ["BiXT", "checkpoint_filter_fn"]
+_logger = logging.getLogger(__name__)
+
+# Official constructor argument names -> ours (the golden reference and published configs use them).
+OFFICIAL_KWARGS = {
+    "embed_dim_lat": "embed_dim",
+    "embed_dim_pat": "token_dim",
+    "embed_dim_attn": "attn_dim",
+    "sa_num_heads": "num_heads",
+    "ca_num_heads": "cross_heads",
+}
+_IGNORED_OFFICIAL = ("latinit", "posenc_type_pat", "weight_init", "embed_layer", "pretrained_filter_fn", "pretrained_strict")
+
+
+class BiXT(nn.Module):
+    """BiXT image classifier with timm's model interface."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        stride: Optional[int] = None,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        embed_dim: int = 192,
+        token_dim: Optional[int] = None,
+        attn_dim: Optional[int] = None,
+        depth: int = 12,
+        num_latents: int = 64,
+        num_heads: int = 6,
+        cross_heads: Optional[int] = None,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        rv_bias: bool = True,
+        init_values: Optional[float] = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        token_drop_path_rate: Optional[float] = None,
+        tokenizer: str = "patch",
+        dynamic_img_size: bool = False,
+        attn_impl: str = "auto",
+        **official_kwargs,
+    ) -> None:
+        super().__init__()
+        for key in list(official_kwargs):
+            if key in OFFICIAL_KWARGS:
+                locals_map = {"embed_dim": embed_dim, "token_dim": token_dim, "attn_dim": attn_dim,
+                              "num_heads": num_heads, "cross_heads": cross_heads}
+                locals_map[OFFICIAL_KWARGS[key]] = official_kwargs.pop(key)
+                embed_dim, token_dim, attn_dim, num_heads, cross_heads = (
+                    locals_map[k] for k in ("embed_dim", "token_dim", "attn_dim", "num_heads", "cross_heads"))
+            elif key in _IGNORED_OFFICIAL:
+                official_kwargs.pop(key)
+        if official_kwargs:
+            raise TypeError(f"BiXT got unexpected arguments: {sorted(official_kwargs)}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        token_dim = token_dim or embed_dim
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.dynamic_img_size = dynamic_img_size
+
+        if tokenizer == "patch":
+            self.patch_embed = PatchTokenizer(token_dim, patch_size, stride, in_chans)
+        elif tokenizer == "conv":
+            self.patch_embed = ConvTokenizer(token_dim, stride or patch_size, in_chans)
+        else:
+            raise ValueError(f"tokenizer must be 'patch' or 'conv', got {tokenizer!r}")
+        grid = None if dynamic_img_size else self.patch_embed.grid(*self.img_size)
+        self.pos_embed = FourierPosEncoding2d(token_dim, grid)
+        self.encoder = BiXTEncoder(
+            embed_dim, depth, num_latents, token_dim=token_dim, attn_dim=attn_dim, num_heads=num_heads,
+            cross_heads=cross_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, rv_bias=rv_bias,
+            drop_path_rate=drop_path_rate, token_drop_path_rate=token_drop_path_rate,
+            init_values=init_values, update_tokens_last=False, attn_impl=attn_impl,
+        )
+        self.fc_norm = LayerNorm(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    checkpoint_filter_fn = staticmethod(lambda state_dict, model: checkpoint_filter_fn(state_dict, model))
+
+    def _init_weights(self) -> None:
+        for m in self.patch_embed.modules():
+            if isinstance(m, nn.Conv2d):
+                lecun_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    # --- timm interface -------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^encoder\.latents|^patch_embed|^pos_embed", blocks=r"^encoder\.blocks\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's ``custom_load`` hook: read any accepted checkpoint format (see bixt.checkpoint)."""
+        load_checkpoint(self, checkpoint_path, filter_fn=_pretrained_filter)
+
+    # --- forward --------------------------------------------------------------------------------
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic_img_size and tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"this model takes {self.img_size[0]}x{self.img_size[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
+                "resize the input or create the model with img_size=... or dynamic_img_size=True"
+            )
+        tokens = self.patch_embed(x)
+        return tokens + self.pos_embed(*self.patch_embed.grid(*x.shape[-2:]))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final latents, (B, num_latents, embed_dim)."""
+        latents, _ = self.encoder(self.tokenize(x))
+        return latents
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --- official checkpoint layout ----------------------------------------------------------------
+_CROSS = "cross_attention_latents_token."
+_RENAMES = [
+    (r"^latents$", "encoder.latents"),
+    (r"^fourier_pos_encode\.token_projection\.", "pos_embed.proj."),
+    (r"^blocks\.(\d+)\.self_attention_latents\.", r"encoder.blocks.\1.latent_attn."),
+] + [
+    (rf"^blocks\.(\d+)\.{_CROSS}{old}\.", rf"encoder.blocks.\1.cross.{new}.")
+    for old, new in [
+        ("norm1_lat", "norm_latents"), ("norm1_pat", "norm_tokens"),
+        (r"attn\.rv_patches", "attn.rv_tokens"), (r"attn\.proj_lat", "attn.proj_latents"),
+        (r"attn\.proj_pat", "attn.proj_tokens"), (r"attn\.(r|rv)_latents", r"attn.\2_latents"),
+        ("ls1_lat", "ls_latents"), ("ls1_pat", "ls_tokens"),
+        ("norm2_lat", "mlp_norm_latents"), ("mlp_lat", "mlp_latents"), ("ls2_lat", "mlp_ls_latents"),
+        ("norm2_pat", "mlp_norm_tokens"), ("mlp_pat", "mlp_tokens"), ("ls2_pat", "mlp_ls_tokens"),
+    ]
+]
+_RENAMES = [(re.compile(p), r) for p, r in _RENAMES]
+# The Fourier features are a function of the token grid alone; we recompute rather than load them.
+_DERIVED = "fourier_pos_encode.pos"
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: BiXT) -> dict[str, torch.Tensor]:
+    """Map an official BiXT state dict onto this implementation (our own layout passes through)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if key == _DERIVED:
+            grid = model.pos_embed.grid_size
+            if grid is not None and tuple(value.shape[-2:]) != grid:
+                raise RuntimeError(
+                    f"checkpoint was made for a {tuple(value.shape[-2:])} token grid but this model uses {grid}; "
+                    "pick the variant with the matching stride/input size or use dynamic_img_size=True"
+                )
+            continue
+        for pattern, repl in _RENAMES:
+            key, n = pattern.subn(repl, key)
+            if n:
+                break
+        out[key] = value
+    return out
+
+
+def _pretrained_filter(state_dict: dict[str, torch.Tensor], model: BiXT) -> dict[str, torch.Tensor]:
+    """Like :func:`checkpoint_filter_fn`, but a classifier of another size is left at its init."""
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    head = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in state_dict and (key not in head or head[key].shape != state_dict[key].shape):
+            _logger.info("pretrained classifier %s %s dropped for num_classes=%d", key,
+                         tuple(state_dict[key].shape), model.num_classes)
+            state_dict.pop(key)
+            if key in head:
+                state_dict[key] = head[key]
+    return state_dict
+
+
+# --- registry ----------------------------------------------------------------------------------
+def _cfg(input_size: int = 224, **kwargs) -> dict:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, input_size, input_size), "pool_size": None,
+        "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic", "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head", "license": "apache-2.0",
+        "paper_ids": "arXiv:2402.12138", "paper_name": "Perceiving Longer Sequences With Bi-Directional Cross-Attention Transformers",
+        **kwargs,
+    }
+
+
+_CONV_CFG = dict(first_conv="patch_embed.proj.0.0")
+_FT384 = dict(input_size=384, crop_pct=1.0, fixed_input_size=False)
+default_cfgs = generate_default_cfgs({
+    "bixt_ti_l32_p16": _cfg(), "bixt_ti_l64_p16": _cfg(), "bixt_ti_l128_p16": _cfg(),
+    "bixt_ti_l32_p16s8": _cfg(), "bixt_ti_l64_p16s8": _cfg(), "bixt_ti_l128_p16s8": _cfg(),
+    "bixt_ti_l64_p16s4": _cfg(),
+    "bixt_ti_l64_d13_p16": _cfg(), "bixt_ti_l64_d13_p16s8": _cfg(), "bixt_ti_l64_d13_p16s4": _cfg(),
+    "bixt_ti_cnv_l64_p16": _cfg(**_CONV_CFG), "bixt_ti_cnv_l64_d13_p16": _cfg(**_CONV_CFG),
+    "bixt_ti_cnv_l64_d13_p8": _cfg(**_CONV_CFG), "bixt_ti_cnv_l64_d13_p4": _cfg(**_CONV_CFG),
+    "bixt_conv_ti_l64_p16": _cfg(**_CONV_CFG), "bixt_conv_ti_l64_d13_p16": _cfg(**_CONV_CFG),
+    "bixt_conv_ti_l64_d13_p8": _cfg(**_CONV_CFG), "bixt_conv_ti_l64_d13_p4": _cfg(**_CONV_CFG),
+    "bixt_ed256_l64_p16": _cfg(), "bixt_ed256_l64_p16s8": _cfg(), "bixt_ed256LS_l64_p16s8": _cfg(),
+    "bixt_ti_l64_p16_ft384": _cfg(**_FT384), "bixt_ti_l64_p16s8_ft384": _cfg(**_FT384),
+    "bixt_ti_l64_p16s4_ft384": _cfg(**_FT384), "bixt_ed256_l64_p16s8_ft384": _cfg(**_FT384),
+})
+
+
+def _create_bixt(variant: str, pretrained: bool = False, **kwargs) -> BiXT:
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if overlay.get("file") or overlay.get("state_dict") is None and pretrained:
+        # Our loader reads every accepted format (zip, wrapped training checkpoints, safetensors).
+        overlay.setdefault("custom_load", True)
+    return build_model_with_cfg(
+        BiXT, variant, pretrained, pretrained_filter_fn=_pretrained_filter,
+        pretrained_cfg_overlay=overlay, **kwargs,
+    )
+
+
+_TI = dict(embed_dim=192, num_heads=6)
+_ED256 = dict(embed_dim=256, num_heads=8)
+
+
+def _variant(name: str, pretrained: bool, base: dict, **kwargs) -> BiXT:
+    return _create_bixt(name, pretrained, **{**base, **kwargs})
+
+
+@register_model
+def bixt_ti_l32_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l32_p16", pretrained, dict(_TI, num_latents=32), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_p16", pretrained, dict(_TI, num_latents=64), **kwargs)
+
+
+@register_model
+def bixt_ti_l128_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l128_p16", pretrained, dict(_TI, num_latents=128), **kwargs)
+
+
+@register_model
+def bixt_ti_l32_p16s8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l32_p16s8", pretrained, dict(_TI, num_latents=32, stride=8), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_p16s8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_p16s8", pretrained, dict(_TI, num_latents=64, stride=8), **kwargs)
+
+
+@register_model
+def bixt_ti_l128_p16s8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l128_p16s8", pretrained, dict(_TI, num_latents=128, stride=8), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_p16s4(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_p16s4", pretrained, dict(_TI, num_latents=64, stride=4), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_d13_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_d13_p16", pretrained, dict(_TI, depth=13), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_d13_p16s8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_d13_p16s8", pretrained, dict(_TI, depth=13, stride=8), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_d13_p16s4(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_d13_p16s4", pretrained, dict(_TI, depth=13, stride=4), **kwargs)
+
+
+@register_model
+def bixt_ti_cnv_l64_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_cnv_l64_p16", pretrained, dict(_TI, tokenizer="conv", stride=16), **kwargs)
+
+
+@register_model
+def bixt_ti_cnv_l64_d13_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_cnv_l64_d13_p16", pretrained, dict(_TI, depth=13, tokenizer="conv", stride=16), **kwargs)
+
+
+@register_model
+def bixt_ti_cnv_l64_d13_p8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_cnv_l64_d13_p8", pretrained, dict(_TI, depth=13, tokenizer="conv", stride=8), **kwargs)
+
+
+@register_model
+def bixt_ti_cnv_l64_d13_p4(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_cnv_l64_d13_p4", pretrained, dict(_TI, depth=13, tokenizer="conv", stride=4), **kwargs)
+
+
+# The published weight files call the conv models bixt_conv_ti_*.
+@register_model
+def bixt_conv_ti_l64_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_conv_ti_l64_p16", pretrained, dict(_TI, tokenizer="conv", stride=16), **kwargs)
+
+
+@register_model
+def bixt_conv_ti_l64_d13_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_conv_ti_l64_d13_p16", pretrained, dict(_TI, depth=13, tokenizer="conv", stride=16), **kwargs)
+
+
+@register_model
+def bixt_conv_ti_l64_d13_p8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_conv_ti_l64_d13_p8", pretrained, dict(_TI, depth=13, tokenizer="conv", stride=8), **kwargs)
+
+
+@register_model
+def bixt_conv_ti_l64_d13_p4(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_conv_ti_l64_d13_p4", pretrained, dict(_TI, depth=13, tokenizer="conv", stride=4), **kwargs)
+
+
+@register_model
+def bixt_ed256_l64_p16(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ed256_l64_p16", pretrained, dict(_ED256), **kwargs)
+
+
+@register_model
+def bixt_ed256_l64_p16s8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ed256_l64_p16s8", pretrained, dict(_ED256, stride=8), **kwargs)
+
+
+@register_model
+def bixt_ed256LS_l64_p16s8(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ed256LS_l64_p16s8", pretrained, dict(_ED256, stride=8, init_values=1e-5), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_p16_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_p16_ft384", pretrained, dict(_TI, img_size=384, dynamic_img_size=True), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_p16s8_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_p16s8_ft384", pretrained, dict(_TI, stride=8, img_size=384, dynamic_img_size=True), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_p16s4_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_p16s4_ft384", pretrained, dict(_TI, stride=4, img_size=384, dynamic_img_size=True), **kwargs)
+
+
+@register_model
+def bixt_ed256_l64_p16s8_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ed256_l64_p16s8_ft384", pretrained, dict(_ED256, stride=8, img_size=384, dynamic_img_size=True), **kwargs)

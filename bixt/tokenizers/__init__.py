@@ -1,0 +1,1 @@
+"""Tokenisers: turn raw inputs (images, point clouds, bytes) into token sequences."""
