@@ -150,3 +150,22 @@ def test_bad_construction():
         BiXTEncoder(dim=30, num_heads=4)
     with pytest.raises(ValueError, match="attn_impl"):
         BiXTEncoder(dim=32, num_heads=2, attn_impl="flash")
+
+
+def test_encoder_traces_without_graph_breaks():
+    enc = tiny()
+    explanation = torch._dynamo.explain(enc)(torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_positional_encoding_cache_follows_weight_updates():
+    from bixt.tokenizers.image import FourierPosEncoding2d
+
+    pos = FourierPosEncoding2d(16, (4, 4)).eval()
+    with torch.no_grad():
+        first = pos(4, 4)
+        assert pos(4, 4) is first  # cached in inference
+        pos.proj.bias.add_(1.0)
+        second = pos(4, 4)
+    torch.testing.assert_close(second, first + 1.0)
+    assert pos(4, 4).requires_grad  # training path is never cached

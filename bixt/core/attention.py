@@ -90,13 +90,12 @@ class BiCrossAttention(nn.Module):
         self.proj_tokens = None if one_sided else nn.Linear(attn_dim, token_dim)
 
     def _impl(self, need_maps: bool) -> str:
-        if need_maps or self.attn_impl == "math":
+        if need_maps:
             return "math"
-        # The single-similarity math path does half the similarity FLOPs of two SDPA calls and
-        # measured faster on CPU; fused SDPA kernels win on CUDA.
-        if self.attn_impl == "auto":
-            return "sdpa" if self.rv_tokens.weight.is_cuda else "math"
-        return self.attn_impl
+        # "auto": two fused SDPA calls beat the single-similarity math path although they compute
+        # the similarity twice (CPU, B=32, L=64, N=196, d=32: 26 ms vs 71 ms per layer); the
+        # explicit path materialises S and softmaxes it along a strided axis.
+        return "math" if self.attn_impl == "math" else "sdpa"
 
     def forward(
         self,

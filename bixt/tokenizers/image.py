@@ -53,6 +53,8 @@ class FourierPosEncoding2d(nn.Module):
         # Derived from the grid alone, so it is never saved in checkpoints.
         features = fourier_features_2d(*grid_size, num_freqs) if grid_size is not None else torch.empty(0)
         self.register_buffer("features", features, persistent=False)
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[torch.Tensor] = None
 
     def _features(self, height: int, width: int, device) -> torch.Tensor:
         if self.features.shape[-2:] != (height, width):
@@ -66,9 +68,19 @@ class FourierPosEncoding2d(nn.Module):
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         """Positional encoding for a (height, width) token grid, shape (1, H*W, dim)."""
-        features = self._features(height, width, self.proj.weight.device).to(self.proj.weight.dtype)
-        pos = torch.einsum("chw,dc->hwd", features, self.proj.weight.flatten(1)) + self.proj.bias
-        return rearrange(pos, "h w d -> 1 (h w) d")
+        weight, bias = self.proj.weight, self.proj.bias
+        # Inference reuses the projected encoding until the weights change (their _version bumps
+        # on every in-place update: optimizer steps, load_state_dict).
+        cacheable = not (torch.is_grad_enabled() and weight.requires_grad) and not torch.compiler.is_compiling()
+        key = (height, width, weight.dtype, weight.device, weight._version, bias._version)
+        if cacheable and self._cache_key == key:
+            return self._cache
+        features = self._features(height, width, weight.device).to(weight.dtype)
+        pos = torch.einsum("chw,dc->hwd", features, weight.flatten(1)) + bias
+        pos = rearrange(pos, "h w d -> 1 (h w) d")
+        if cacheable:
+            self._cache_key, self._cache = key, pos
+        return pos
 
 
 def _check_image(x: torch.Tensor, in_chans: int) -> None:
