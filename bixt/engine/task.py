@@ -3,6 +3,18 @@
 A task (ImageNet classification, ShapeNet part segmentation, LRA retrieval) describes *what* to
 compute on a batch; the engine owns *how*: devices, DDP, AMP, compile, accumulation, clipping,
 EMA, schedules, checkpoints, resume, logging and progress.
+
+Optional adapter hooks (looked up with ``getattr``; adapters without them keep working):
+
+``train_batch_transform(batch) -> batch``
+    Applied to every *training* batch after it is on the device, before ``forward`` (batch-level
+    augmentation such as mixup/cutmix). Global RNGs may be used: their state is checkpointed.
+``to_device(batch, device) -> batch``
+    Replaces the engine's default (tensors in nested dicts/lists/tuples moved with ``.to``).
+``main_metric_mode: str``
+    ``"max"`` (default) or ``"min"``: whether a larger ``main_metric`` is better.
+``sample_name: str``
+    What a sample is called in throughput logs (``"img"`` gives ``img/s``); default ``"samples"``.
 """
 from __future__ import annotations
 

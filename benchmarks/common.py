@@ -1,0 +1,366 @@
+"""Shared measurement helpers for the bixt benchmark scripts (CPU-first).
+
+Import from a benchmark script next to this file (``from common import ...``); the scripts are run
+as ``python benchmarks/<script>.py`` so this directory is on ``sys.path``.
+
+- :func:`interleaved_timing` — every configuration once per round, medians per configuration, so
+  background load (the machine is shared) hits all configurations alike.
+- :func:`count_flops` — ``torch.utils.flop_counter`` with the CPU fused-attention kernels counted
+  (PyTorch registers FLOP formulas for the CUDA SDPA kernels only).
+- :func:`measure_peak_memory` — peak resident memory of a forward pass, measured in a fresh worker
+  process (see the function for the method).
+- :func:`machine_info`, :func:`markdown_table`, :func:`set_threads`.
+
+Running this file directly is the memory worker's entry point (used by :func:`measure_peak_memory`).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+__all__ = [
+    "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",
+    "machine_info", "markdown_table", "set_threads", "build_model",
+]
+
+
+# --- threads & machine ----------------------------------------------------------------------------
+def set_threads(threads: Optional[int] = None) -> int:
+    """Use ``threads`` intra-op threads (default: every CPU this process may run on)."""
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, int(threads or 1)))
+    return torch.get_num_threads()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in flags]
+    except OSError:
+        pass
+    return []
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on (stored next to them in every results file)."""
+    import timm
+
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def build_model(name: str, kwargs: Optional[dict] = None, device: str = "cpu") -> torch.nn.Module:
+    """``timm.create_model`` with the bixt models registered; ``device="meta"`` builds shapes only."""
+    import timm
+
+    import bixt  # noqa: F401  (registers the BiXT models in timm)
+
+    if device == "meta":
+        try:  # skips weight initialisation (seconds for some timm models)
+            with torch.device("meta"):
+                return timm.create_model(name, **(kwargs or {}))
+        except (NotImplementedError, RuntimeError):
+            pass  # a constructor read a tensor's value (e.g. .tolist()): build on CPU, then move
+    model = timm.create_model(name, **(kwargs or {}))
+    return model.to(device) if device != "cpu" else model
+
+
+# --- timing ---------------------------------------------------------------------------------------
+@dataclass
+class TimingResult:
+    """Seconds per call of one configuration. ``status`` is "ok" or says why it has no (full) result."""
+
+    samples: list[float] = field(default_factory=list)
+    status: str = "ok"
+    first_call_s: Optional[float] = None  # includes compilation for compiled configurations
+
+    @property
+    def median(self) -> Optional[float]:
+        return statistics.median(self.samples) if self.samples else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "median_s": self.median, "samples_s": self.samples,
+            "min_s": min(self.samples) if self.samples else None,
+            "max_s": max(self.samples) if self.samples else None,
+            "first_call_s": self.first_call_s,
+        }
+
+
+def _short_error(err: BaseException, limit: int = 160) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def interleaved_timing(
+    configs: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    max_call_s: float = float("inf"),
+    failure_prefix: Optional[dict[str, str]] = None,
+    budget_s: float = float("inf"),
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[str, TimingResult]:
+    """Warm every configuration up, then ``repeats`` rounds that run each configuration once in turn.
+
+    A configuration whose first call raises gets ``status="<prefix>: <error>"`` (prefix from
+    ``failure_prefix``, e.g. "compile failed", else "failed") and is dropped. One whose first call
+    takes longer than ``max_call_s`` keeps that call as its only sample and is marked "too slow".
+    After the first round, no new round starts once the rounds have used up ``budget_s``.
+    """
+    results = {name: TimingResult() for name in configs}
+    live = []
+    for name, fn in configs.items():
+        res = results[name]
+        for i in range(max(1, warmup)):
+            start = time.perf_counter()
+            try:
+                fn()
+            except Exception as err:  # report, don't crash the whole benchmark
+                prefix = (failure_prefix or {}).get(name, "failed")
+                res.status = f"{prefix}: {_short_error(err)}"
+                log(f"  {name}: {res.status}")
+                break
+            elapsed = time.perf_counter() - start
+            if i == 0:
+                res.first_call_s = elapsed
+                log(f"  warm-up {name}: {elapsed:.2f} s")
+            if elapsed > max_call_s:
+                res.samples = [elapsed]
+                res.status = f"too slow ({elapsed:.1f} s/call > {max_call_s:g} s): 1 sample"
+                log(f"  {name}: {res.status}")
+                break
+        else:
+            live.append(name)
+    rounds_start = time.perf_counter()
+    for r in range(repeats):
+        round_start = time.perf_counter()
+        for name in live:
+            start = time.perf_counter()
+            configs[name]()
+            results[name].samples.append(time.perf_counter() - start)
+        now = time.perf_counter()
+        log(f"  round {r + 1}/{repeats}: {now - round_start:.1f} s")
+        if r + 1 < repeats and (now - rounds_start) + (now - round_start) > budget_s:
+            log(f"  stopping after {r + 1} rounds: timing budget of {budget_s:g} s spent")
+            break
+    return results
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _cpu_attention_formulas() -> dict:
+    aten = torch.ops.aten
+    formulas = {}
+    # PyTorch counts the CUDA fused-attention kernels only; on CPU SDPA runs these two ops.
+    for op, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),
+                        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flops)):
+        if hasattr(aten, op):
+            formulas[getattr(aten, op)] = formula
+    return formulas
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of everything ``fn`` runs (a multiply-add counts 2).
+
+    Runs with grad enabled: FlopCounterMode's module tracker fails under ``torch.no_grad()`` on
+    models that call submodules repeatedly. Matrix products, convolutions and attention are counted;
+    elementwise work (norms, softmax, GELU) is not, as usual for model FLOPs.
+    """
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# --- peak memory ----------------------------------------------------------------------------------
+@dataclass
+class MemorySpec:
+    """One forward pass whose peak memory to measure: ``timm.create_model(model, **kwargs)`` on a
+    (batch, 3, img_size, img_size) input, eval mode, no grad."""
+
+    key: str
+    model: str
+    kwargs: dict
+    img_size: int
+    batch: int
+    warmup: bool = True  # run the forward once before measuring (skip for very slow ones)
+
+
+def _read_status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field_name} not found in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:  # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory_worker() -> None:
+    """Worker loop: specs as JSON on stdin, one JSON result line per spec on stdout."""
+    specs = [MemorySpec(**s) for s in json.loads(sys.stdin.read())]
+    set_threads(int(os.environ.get("BIXT_BENCH_THREADS", "0")) or None)
+    # Generic warm-up: thread pool, oneDNN, allocator state are paid before any measurement.
+    with torch.no_grad():
+        x = torch.randn(4, 3, 32, 32)
+        torch.nn.functional.conv2d(x, torch.randn(8, 3, 4, 4), stride=4).flatten(2).transpose(1, 2).softmax(-1)
+        q = torch.randn(1, 2, 16, 8)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    for spec in specs:
+        model = build_model(spec.model, spec.kwargs).eval()
+        images = torch.randn(spec.batch, 3, spec.img_size, spec.img_size)
+        with torch.no_grad():
+            if spec.warmup:
+                model(images)
+            gc.collect()
+            exact = _reset_peak_rss()
+            baseline_kb = _read_status_kb("VmRSS")
+            start = time.perf_counter()
+            model(images)
+            elapsed = time.perf_counter() - start
+            peak_kb = _read_status_kb("VmHWM")
+        print(json.dumps({
+            "key": spec.key, "status": "ok" if exact else "ok (peak since process start)",
+            "baseline_mb": baseline_kb / 1024, "peak_mb": peak_kb / 1024,
+            "peak_mb_per_image": max(peak_kb - baseline_kb, 0) / 1024 / spec.batch,
+            "batch": spec.batch, "forward_s": elapsed,
+        }), flush=True)
+        del model, images
+        gc.collect()
+
+
+def measure_peak_memory(
+    specs: Sequence[MemorySpec], timeout_s: float = 1800.0, threads: Optional[int] = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[str, dict[str, Any]]:
+    """Peak extra resident memory of one no-grad forward pass, per image, for each spec.
+
+    Method: a fresh worker process (no memory cached by earlier benchmarks) with glibc's mmap
+    threshold fixed at 64 KiB, so every tensor above that is mapped on allocation and unmapped on
+    free and the resident set size follows the live set of tensors. Per spec the worker builds the
+    model and input, runs the forward once (warm-up: one-time kernel and buffer set-up), resets the
+    kernel's peak-RSS counter (``/proc/self/clear_refs``), reads the current RSS as the baseline,
+    runs the forward again and reports ``(peak RSS - baseline) / batch``: activations and kernel
+    workspaces, not weights or the input. A worker killed while measuring a spec (the OOM killer)
+    marks that spec "OOM" and a new worker carries on with the rest.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536",
+               BIXT_BENCH_THREADS=str(threads or torch.get_num_threads()))
+    pending = list(specs)
+    results: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            for spec in pending:
+                results[spec.key] = {"status": "skipped (memory time budget spent)"}
+            break
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--memory-worker"], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            out, err = proc.communicate(json.dumps([s.__dict__ for s in pending]), timeout=remaining)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        for line in out.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                results[row.pop("key")] = row
+        done = [s for s in pending if s.key in results]
+        pending = [s for s in pending if s.key not in results]
+        for spec in done:
+            log(f"  memory {spec.key}: {results[spec.key]['peak_mb_per_image']:.1f} MB/image")
+        if pending and proc.returncode not in (0, None):
+            culprit = pending.pop(0)
+            if proc.returncode in (-9, 137):
+                reason = "OOM (worker killed)" if time.monotonic() < deadline else "too slow (memory time budget)"
+            else:
+                tail = (err.strip().splitlines() or ["no error output"])[-1]
+                reason = f"failed: {tail[:160]}"
+            results[culprit.key] = {"status": reason}
+            log(f"  memory {culprit.key}: {reason}")
+        elif pending:  # clean exit without a result for everything: should not happen
+            for spec in pending:
+                results[spec.key] = {"status": "failed: worker gave no result"}
+            break
+    return results
+
+
+# --- presentation -----------------------------------------------------------------------------------
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "–"
+            return f"{v:.3g}" if abs(v) < 10 else f"{v:,.1f}" if abs(v) < 1000 else f"{v:,.0f}"
+        return str(v)
+
+    rows = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--memory-worker"]:
+        _memory_worker()
+    else:
+        sys.exit(f"usage: python {sys.argv[0]} --memory-worker   (internal; run benchmarks/perf.py instead)")

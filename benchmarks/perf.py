@@ -1,0 +1,685 @@
+"""BiXT CPU performance in one command: throughput, achieved FLOP rate, token-count scaling.
+
+    python benchmarks/perf.py                  # everything (~20-40 min on 2 busy cores)
+    python benchmarks/perf.py --quick          # fewer repeats, no torch.compile (< 3 min)
+    python benchmarks/perf.py --only models    # BiXT-Ti vs ViT-Ti images/s (fp32/bf16, eager/compiled)
+    python benchmarks/perf.py --only models,matmul --no-compile --repeats 5
+
+Measures, in a single run where every configuration is timed once per round and reported as the
+median over rounds (so background load hits all configurations alike):
+
+- models:   forward (batch 32) and train-step (batch 16: forward, cross-entropy, backward, AdamW
+            step) images/s of ``bixt_ti_l64_p16`` in fp32 and bf16 autocast, eager and
+            ``torch.compile``d, next to timm's ``vit_tiny_patch16_224`` (fp32, eager);
+- matmul:   fp32 / bf16 ``torch.mm`` GFLOP/s at the model's largest GEMM shape and at 2048^2; the
+            larger of the two is the reference rate that achieved model FLOP rates are divided by;
+- scaling:  forward images/s and peak memory per image of BiXT-Ti, ViT-Ti and XCiT-Ti built for
+            196 / 784 / 3136 / 12544 tokens (224 px at stride 16/8/4, 448 px at stride 4);
+- accuracy: bf16-autocast vs fp32 features of the golden reduced model (tests/data).
+
+Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out`` and prints markdown
+tables plus a PASS/FAIL summary against the targets of issue 6. See benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    MemorySpec, build_model, count_flops, interleaved_timing, machine_info, markdown_table,
+    measure_peak_memory, set_threads,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("models", "matmul", "scaling", "accuracy")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+# --- what to measure ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Net:
+    """A timm model at one input size: ``timm.create_model(model, **kwargs)`` on img_size images."""
+
+    model: str
+    kwargs: dict = field(default_factory=dict)
+    img_size: int = 224
+
+    def build(self, device: str = "cpu") -> torch.nn.Module:
+        return build_model(self.model, self.kwargs, device)
+
+    def with_kwargs(self, **kwargs) -> "Net":
+        return replace(self, kwargs={**self.kwargs, **kwargs})
+
+    @property
+    def label(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.kwargs.items() if k not in ("attn_impl",))
+        return f"{self.model}({extra})" if extra else self.model
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    family: str  # "BiXT-Ti", "ViT-Ti", "XCiT-Ti"
+    tokens: int  # nominal token count (ViT adds a class token)
+    net: Net
+
+
+@dataclass
+class Plan:
+    model: Net
+    baseline: Net
+    fwd_batch: int = 32
+    train_batch: int = 16
+    compile: bool = True
+    repeats: int = 7
+    warmup: int = 2
+    max_call_s: float = 300.0
+    budget_s: float = math.inf  # no new timing round once the rounds have taken this long
+    max_gflop_per_call: float = math.inf  # scaling points above this are skipped (quick mode)
+    matmul_square: int = 2048
+    matmul_target_gflop: float = 16.0  # each timed matmul call repeats the product up to this
+    scaling: tuple[ScalingPoint, ...] = ()
+    tokens_per_batch: int = 6272  # scaling batch = max(1, tokens_per_batch // tokens)
+    memory: bool = True
+    golden: Path = REPO / "tests" / "data" / "bixt_ti_l64_p16.pt"
+    mode: str = "full"
+
+
+def default_scaling(attn_impl: str) -> tuple[ScalingPoint, ...]:
+    bixt = {"attn_impl": attn_impl}
+    vit, xcit = "vit_tiny_patch16_224", "xcit_tiny_12_p16_224"
+    # ViT patches do not overlap, so its token count comes from the patch size; XCiT's conv stem
+    # supports patch 16 and 8 only, so beyond 784 tokens it gets larger images instead.
+    return (
+        ScalingPoint("BiXT-Ti", 196, Net("bixt_ti_l64_p16", bixt)),
+        ScalingPoint("BiXT-Ti", 784, Net("bixt_ti_l64_p16s8", bixt)),
+        ScalingPoint("BiXT-Ti", 3136, Net("bixt_ti_l64_p16s4", bixt)),
+        ScalingPoint("BiXT-Ti", 12544, Net("bixt_ti_l64_p16s4", {**bixt, "img_size": 448}, 448)),
+        ScalingPoint("ViT-Ti", 196, Net(vit)),
+        ScalingPoint("ViT-Ti", 784, Net(vit, {"patch_size": 8})),
+        ScalingPoint("ViT-Ti", 3136, Net(vit, {"patch_size": 4})),
+        ScalingPoint("ViT-Ti", 12544, Net(vit, {"img_size": 448, "patch_size": 4}, 448)),
+        ScalingPoint("XCiT-Ti", 196, Net(xcit)),
+        ScalingPoint("XCiT-Ti", 784, Net(xcit, {"patch_size": 8})),
+        ScalingPoint("XCiT-Ti", 3136, Net(xcit, {"img_size": 448, "patch_size": 8}, 448)),
+        ScalingPoint("XCiT-Ti", 12544, Net(xcit, {"img_size": 896, "patch_size": 8}, 896)),
+    )
+
+
+def smoke_plan() -> Plan:
+    """Tiny models and sizes: exercises every code path in seconds (tests/test_benchmarks.py)."""
+    tiny_bixt = dict(depth=2, embed_dim=32, num_heads=2, num_latents=8, num_classes=10, img_size=32)
+    tiny_vit = dict(depth=2, embed_dim=32, num_heads=2, num_classes=10, img_size=32)
+    tiny_xcit = dict(depth=2, embed_dim=32, num_heads=2, num_classes=10, img_size=32, cls_attn_layers=1)
+    vit, xcit = "vit_tiny_patch16_224", "xcit_tiny_12_p16_224"
+    return Plan(
+        model=Net("bixt_ti_l64_p16", tiny_bixt, 32), baseline=Net(vit, tiny_vit, 32),
+        fwd_batch=4, train_batch=2, compile=False, repeats=1, warmup=1, max_call_s=30.0,
+        matmul_square=128, matmul_target_gflop=0.01, tokens_per_batch=32, mode="smoke",
+        scaling=(
+            ScalingPoint("BiXT-Ti", 4, Net("bixt_ti_l64_p16", tiny_bixt, 32)),
+            ScalingPoint("BiXT-Ti", 16, Net("bixt_ti_l64_p16s8", tiny_bixt, 32)),
+            ScalingPoint("ViT-Ti", 4, Net(vit, tiny_vit, 32)),
+            ScalingPoint("ViT-Ti", 16, Net(vit, {**tiny_vit, "patch_size": 8}, 32)),
+            ScalingPoint("XCiT-Ti", 16, Net(xcit, {**tiny_xcit, "patch_size": 8}, 32)),
+        ),
+    )
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.smoke:
+        plan = smoke_plan()
+    else:
+        bixt = Net(args.model, {"attn_impl": args.attn_impl})
+        plan = Plan(model=bixt, baseline=Net("vit_tiny_patch16_224"), scaling=default_scaling(args.attn_impl))
+        if args.quick:
+            # ~2.5 min on 2 busy cores: no compilation, 3 rounds, and the quadratic ViT at 12544
+            # tokens (1.6 TFLOP per image) is left out; run the full benchmark for that point.
+            plan = replace(plan, compile=False, repeats=3, warmup=1, max_call_s=60.0, budget_s=60.0,
+                           max_gflop_per_call=400.0, matmul_target_gflop=8.0, mode="quick")
+    overrides = {k: v for k, v in dict(repeats=args.repeats, warmup=args.warmup, max_call_s=args.max_call_s,
+                                       budget_s=args.budget_s).items()
+                 if v is not None}
+    if args.no_compile:
+        overrides["compile"] = False
+    return replace(plan, **overrides)
+
+
+# --- measurement closures -------------------------------------------------------------------------
+def _autocast(dtype_name: str):
+    dtype = DTYPES[dtype_name]
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) -> Callable[[], Any]:
+    def run():
+        with torch.no_grad(), _autocast(dtype_name):
+            return model(images)
+    return run
+
+
+def train_step_fn(model: torch.nn.Module, optimizer, images, targets, dtype_name: str) -> Callable[[], Any]:
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(dtype_name):  # autocast around forward + loss only, backward outside
+            loss = F.cross_entropy(model(images), targets)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return run
+
+
+def flops_per_image(net: Net, batch: int, train: bool) -> float:
+    """Model FLOPs per image (forward, or forward + backward for a train step), from shapes alone.
+
+    Counted on the meta device, where attention runs as plain matrix products: two per attention
+    forward, four backward (no recomputation, the usual model-FLOPs convention). BiXT is counted
+    with ``attn_impl="math"``: one similarity matrix per layer is the algorithm's cost (the SDPA
+    path computes it twice).
+    """
+    if net.model.startswith("bixt"):
+        net = net.with_kwargs(attn_impl="math")
+    model = net.build("meta").train(train)
+    images = torch.empty(batch, 3, net.img_size, net.img_size, device="meta")
+
+    def run():
+        out = model(images)
+        if train:
+            out.float().sum().backward()
+
+    return count_flops(run) / batch
+
+
+def token_count(model: torch.nn.Module, img_size: int) -> Optional[int]:
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:
+        return None
+    if hasattr(embed, "grid"):  # bixt tokenisers
+        h, w = embed.grid(img_size, img_size)
+        return h * w
+    return getattr(embed, "num_patches", None)
+
+
+def matmul_cases(plan: Plan) -> list[dict[str, Any]]:
+    """(m, k, n) shapes: the model's token-MLP GEMM at the forward batch and a large square one."""
+    probe = plan.model.build("meta")
+    dim = getattr(probe, "embed_dim", 192)
+    tokens = token_count(probe, plan.model.img_size) or 196
+    hidden = int(dim * 4)
+    return [
+        dict(name="model_gemm", m=plan.fwd_batch * tokens, k=dim, n=hidden,
+             about=f"token MLP fc1 at batch {plan.fwd_batch}: ({plan.fwd_batch}*{tokens} x {dim}) @ ({dim} x {hidden})"),
+        dict(name=f"square_{plan.matmul_square}", m=plan.matmul_square, k=plan.matmul_square, n=plan.matmul_square,
+             about=f"{plan.matmul_square}^2 square"),
+    ]
+
+
+def matmul_fn(m: int, k: int, n: int, dtype: torch.dtype, inner: int) -> Callable[[], Any]:
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(n, k).to(dtype).t()  # the (in, out) view nn.Linear multiplies by
+    out = torch.empty(m, n, dtype=dtype)
+
+    def run():
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+    return run
+
+
+# --- the run --------------------------------------------------------------------------------------
+class Bench:
+    """Collects timing configurations from every section, times them interleaved, then reports."""
+
+    def __init__(self, plan: Plan, sections: tuple[str, ...], seed: int, log: Callable[[str], None]):
+        self.plan, self.sections, self.seed, self.log = plan, sections, seed, log
+        self.configs: dict[str, Callable[[], Any]] = {}
+        self.failure_prefix: dict[str, str] = {}
+        self.setup_errors: dict[str, str] = {}
+        self.results: dict[str, Any] = {}
+
+    def add(self, key: str, make: Callable[[], Callable[[], Any]], failure_prefix: str = "failed") -> str:
+        if key in self.configs or key in self.setup_errors:
+            return key
+        try:
+            self.configs[key] = make()
+            self.failure_prefix[key] = failure_prefix
+        except Exception as err:
+            self.setup_errors[key] = f"{failure_prefix}: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+        return key
+
+    # models ----------------------------------------------------------------------------------------
+    def setup_models(self) -> None:
+        plan = self.plan
+        rows = []
+        nets = [(plan.model, ("fp32", "bf16"), (("eager", "compiled") if plan.compile else ("eager",))),
+                (plan.baseline, ("fp32",), ("eager",))]
+        for net, dtypes, modes in nets:
+            torch.manual_seed(self.seed)
+            fwd_model = net.build().eval()
+            torch.manual_seed(self.seed)
+            train_model = net.build().train()
+            from timm.optim import create_optimizer_v2
+
+            images = {b: torch.randn(b, 3, net.img_size, net.img_size) for b in (plan.fwd_batch, plan.train_batch)}
+            targets = torch.randint(0, getattr(train_model, "num_classes", 1000), (plan.train_batch,))
+            self.log(f"counting FLOPs of {net.label}")
+            gflops = {
+                "forward": flops_per_image(net, plan.fwd_batch, train=False) / 1e9,
+                "train": flops_per_image(net, plan.train_batch, train=True) / 1e9,
+            }
+            for mode in modes:
+                fwd = torch.compile(fwd_model) if mode == "compiled" else fwd_model
+                trn = torch.compile(train_model) if mode == "compiled" else train_model
+                for dtype in dtypes:
+                    for task, batch in (("forward", plan.fwd_batch), ("train", plan.train_batch)):
+                        key = f"{net.label} | {task} | b{batch} | {dtype} | {mode}"
+                        if task == "forward":
+                            make = lambda f=fwd, x=images[batch], d=dtype: forward_fn(f, x, d)
+                        else:
+                            def make(m=trn, x=images[batch], d=dtype):
+                                opt = create_optimizer_v2(train_model, "adamw", lr=1e-4, weight_decay=0.05)
+                                return train_step_fn(m, opt, x, targets, d)
+                        self.add(key, make, "compile failed" if mode == "compiled" else "failed")
+                        rows.append(dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label,
+                                         role="model" if net is plan.model else "baseline", task=task,
+                                         batch=batch, dtype=dtype, mode=mode,
+                                         img_size=net.img_size, gflops_per_image=gflops[task]))
+        self.results["models"] = rows
+
+    # matmul ----------------------------------------------------------------------------------------
+    def setup_matmul(self) -> None:
+        rows = []
+        for case in matmul_cases(self.plan):
+            flop = 2 * case["m"] * case["k"] * case["n"]
+            inner = max(1, round(self.plan.matmul_target_gflop * 1e9 / flop))
+            for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                key = f"mm {case['name']} | {dtype_name}"
+                self.add(key, lambda c=case, d=dtype, i=inner: matmul_fn(c["m"], c["k"], c["n"], d, i))
+                rows.append(dict(key=key, case=case["name"], about=case["about"], m=case["m"], k=case["k"],
+                                 n=case["n"], dtype=dtype_name, inner_repeats=inner, gflop_per_call=flop * inner / 1e9))
+        self.results["matmul"] = rows
+
+    # scaling ---------------------------------------------------------------------------------------
+    def setup_scaling(self) -> None:
+        plan, rows = self.plan, []
+        for point in plan.scaling:
+            net = point.net
+            batch = max(1, plan.tokens_per_batch // point.tokens)
+            probe = net.build("meta")
+            tokens = token_count(probe, net.img_size)
+            gflops = flops_per_image(net, batch, train=False) / 1e9
+            key = f"{net.label} | forward | b{batch} | fp32 | eager"
+            row = dict(key=key, family=point.family, tokens=point.tokens, tokens_actual=tokens, model=net.model,
+                       kwargs=net.kwargs, label=net.label, img_size=net.img_size, batch=batch,
+                       gflops_per_image=gflops)
+            if gflops * batch > plan.max_gflop_per_call:
+                row["status"] = f"skipped ({plan.mode}: {gflops * batch:,.0f} GFLOP per call > {plan.max_gflop_per_call:g})"
+            else:
+                def make(n=net, b=batch):
+                    torch.manual_seed(self.seed)
+                    model = n.build().eval()
+                    return forward_fn(model, torch.randn(b, 3, n.img_size, n.img_size), "fp32")
+                self.add(key, make)
+            rows.append(row)
+        self.results["scaling"] = rows
+
+    # accuracy --------------------------------------------------------------------------------------
+    def run_accuracy(self) -> None:
+        from bixt.checkpoint import load_checkpoint
+
+        path = self.plan.golden
+        if not path.exists():
+            self.results["accuracy"] = {"status": f"skipped: {path} not found"}
+            return
+        golden = torch.load(path, map_location="cpu", weights_only=True)
+        attn_impl = self.plan.model.kwargs.get("attn_impl", "auto")
+        model = build_model("bixt_ti_l64_p16", {**golden["kwargs"], "attn_impl": attn_impl}).eval()
+        load_checkpoint(model, golden["state_dict"])
+        images = golden["input"]
+        with torch.no_grad():
+            feats32 = model.forward_features(images)
+            logits32 = model.forward_head(feats32)
+            with _autocast("bf16"):
+                feats16 = model.forward_features(images)
+                logits16 = model.forward_head(feats16)
+        out = {"status": "ok", "golden": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+               "attn_impl": attn_impl,
+               "fp32_vs_golden_max_abs": float((feats32 - golden["features"]).abs().max())}
+        for name, ref, low in (("features", feats32, feats16), ("logits", logits32, logits16)):
+            diff = (low.float() - ref).abs()
+            out[name] = {
+                # Relative to the largest reference magnitude: element-wise ratios blow up near zero.
+                "max_rel_err": float(diff.max() / ref.abs().max()),
+                "rel_l2_err": float(diff.norm() / ref.norm()),
+                "max_abs_err": float(diff.max()),
+            }
+        self.results["accuracy"] = out
+
+    # orchestration ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        if "accuracy" in self.sections:
+            self.log("accuracy: bf16 vs fp32 on the golden model")
+            self.run_accuracy()
+        if "matmul" in self.sections:
+            self.setup_matmul()
+        if "models" in self.sections:
+            self.setup_models()
+        if "scaling" in self.sections:
+            self.log("scaling: building models, counting FLOPs")
+            self.setup_scaling()
+        self.log(f"timing {len(self.configs)} configurations: warm-up, then {self.plan.repeats} interleaved rounds")
+        timings = interleaved_timing(self.configs, self.plan.repeats, self.plan.warmup, self.plan.max_call_s,
+                                     self.failure_prefix, self.plan.budget_s, self.log)
+        for key, err in self.setup_errors.items():
+            self.log(f"  {key}: {err}")
+        for section in ("matmul", "models", "scaling"):
+            for row in self.results.get(section, []):
+                if row.get("status", "").startswith("skipped"):
+                    continue
+                if row["key"] in self.setup_errors:
+                    row["status"] = self.setup_errors[row["key"]]
+                    continue
+                row.update(timings[row["key"]].as_dict())
+        self.derive_rates()
+        if "scaling" in self.sections and self.plan.memory:
+            self.run_memory()
+        self.results["summary"] = summary_checks(self.results)
+        self.results["wall_s"] = time.perf_counter() - start
+        return self.results
+
+    def derive_rates(self) -> None:
+        ref = {}
+        rows = self.results.get("matmul", [])
+        for row in rows:
+            row["gflop_per_s"] = row["gflop_per_call"] / row["median_s"] if row.get("median_s") else None
+        for dtype in DTYPES:
+            measured = [r for r in rows if r["dtype"] == dtype and r.get("gflop_per_s")]
+            if measured:
+                best = max(measured, key=lambda r: r["gflop_per_s"])
+                ref[dtype] = {"gflop_per_s": best["gflop_per_s"], "case": best["case"], "about": best["about"],
+                              "rule": "the larger of the measured matmul rates"}
+        self.results["matmul_reference"] = ref
+        for section in ("models", "scaling"):
+            for row in self.results.get(section, []):
+                med = row.get("median_s")
+                row["images_per_s"] = row["batch"] / med if med else None
+                row["gflop_per_s"] = row["gflops_per_image"] * row["images_per_s"] if med else None
+                dtype = row.get("dtype", "fp32")
+                row["matmul_fraction"] = (row["gflop_per_s"] / ref[dtype]["gflop_per_s"]
+                                          if med and dtype in ref else None)
+
+    def run_memory(self) -> None:
+        specs = []
+        for row in self.results["scaling"]:
+            if row.get("median_s") is None:
+                row["memory_status"] = "skipped (no forward measurement)"
+                continue
+            specs.append(MemorySpec(key=row["key"], model=row["model"], kwargs=row["kwargs"], img_size=row["img_size"],
+                                    batch=row["batch"], warmup=row["median_s"] < 20.0))
+        self.log(f"peak memory: {len(specs)} forward passes in a worker process")
+        memory = measure_peak_memory(specs, threads=torch.get_num_threads(), log=self.log)
+        for row in self.results["scaling"]:
+            if row["key"] in memory:
+                mem = memory[row["key"]]
+                row["memory_status"] = mem.get("status")
+                row["peak_mb_per_image"] = mem.get("peak_mb_per_image")
+                row["memory_detail"] = {k: v for k, v in mem.items() if k not in ("status", "peak_mb_per_image")}
+
+
+# --- summary --------------------------------------------------------------------------------------
+TARGETS = {
+    "fp32_forward_matmul_fraction": (">=", 0.85),
+    "bf16_over_fp32_forward_speed": (">=", 3.0),
+    "bf16_features_max_rel_err": ("<=", 0.02),
+    "fp32_train_matmul_fraction": (">=", 0.6),
+    "bixt_over_vit_speed_3136": (">=", 3.0),
+    "bixt_over_vit_speed_12544": (">=", 10.0),
+    "bixt_memory_growth_3136_to_12544": ("<=", 4.5),
+}
+
+
+def _find(rows, **match) -> Optional[dict]:
+    for row in rows or []:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def summary_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The acceptance ratios of issue 6, each with its target and PASS / FAIL / N/A."""
+    checks = []
+
+    def check(name: str, what: str, value: Optional[float], note: str = "") -> None:
+        op, target = TARGETS[name]
+        verdict = "N/A" if value is None else "PASS" if (value >= target if op == ">=" else value <= target) else "FAIL"
+        checks.append(dict(name=name, what=what, value=value, op=op, target=target, verdict=verdict, note=note))
+
+    models = [r for r in results.get("models", []) if r["role"] == "model"]
+    for mode in ("eager", "compiled"):
+        fwd32 = _find(models, task="forward", dtype="fp32", mode=mode)
+        fwd16 = _find(models, task="forward", dtype="bf16", mode=mode)
+        trn32 = _find(models, task="train", dtype="fp32", mode=mode)
+        if fwd32 is None:
+            continue
+        check("fp32_forward_matmul_fraction", f"fp32 forward b{fwd32['batch']} FLOP rate / fp32 matmul rate ({mode})",
+              fwd32.get("matmul_fraction"), fwd32.get("status", ""))
+        speedup = (fwd16["images_per_s"] / fwd32["images_per_s"]
+                   if fwd16 and fwd16.get("images_per_s") and fwd32.get("images_per_s") else None)
+        check("bf16_over_fp32_forward_speed", f"bf16 autocast / fp32 forward images/s ({mode})", speedup,
+              (fwd16 or {}).get("status", ""))
+        if trn32:
+            check("fp32_train_matmul_fraction", f"fp32 train-step b{trn32['batch']} FLOP rate / fp32 matmul rate ({mode})",
+                  trn32.get("matmul_fraction"), trn32.get("status", ""))
+    acc = results.get("accuracy")
+    if acc is not None:
+        value = acc["features"]["max_rel_err"] if acc.get("status") == "ok" else None
+        check("bf16_features_max_rel_err", "bf16 vs fp32 features, max |err| / max |fp32| (golden model)", value,
+              acc.get("status", ""))
+    scaling = results.get("scaling")
+    if scaling:
+        for tokens in (3136, 12544):
+            bixt, vit = _find(scaling, family="BiXT-Ti", tokens=tokens), _find(scaling, family="ViT-Ti", tokens=tokens)
+            value = (bixt["images_per_s"] / vit["images_per_s"]
+                     if bixt and vit and bixt.get("images_per_s") and vit.get("images_per_s") else None)
+            notes = [f"{fam}: {r['status']}" for fam, r in (("BiXT", bixt), ("ViT", vit))
+                     if r and r.get("status", "ok") != "ok"]
+            check(f"bixt_over_vit_speed_{tokens}", f"BiXT-Ti / ViT-Ti forward images/s at {tokens} tokens", value,
+                  "; ".join(notes))
+        small, large = _find(scaling, family="BiXT-Ti", tokens=3136), _find(scaling, family="BiXT-Ti", tokens=12544)
+        value = (large["peak_mb_per_image"] / small["peak_mb_per_image"]
+                 if small and large and small.get("peak_mb_per_image") and large.get("peak_mb_per_image") else None)
+        check("bixt_memory_growth_3136_to_12544", "BiXT-Ti peak memory per image, 12544 / 3136 tokens", value)
+    return checks
+
+
+# --- reporting ------------------------------------------------------------------------------------
+def _fmt_ratio(value: Optional[float], name: str) -> str:
+    if value is None:
+        return "n/a"
+    if name.endswith("err"):
+        return f"{100 * value:.2f} %"
+    if "fraction" in name:
+        return f"{value:.3f}"
+    return f"{value:.2f}x"
+
+
+def report(results: dict[str, Any]) -> str:
+    parts = []
+    meta = results["meta"]
+    parts.append(f"# bixt perf ({meta['mode']}): {meta['machine']['cpu_model']}, {meta['machine']['threads']} threads, "
+                 f"torch {meta['machine']['torch']}, load average at start {meta['machine']['load_average']}")
+    if results.get("matmul"):
+        rows = [(r["case"], f"{r['m']}x{r['k']}x{r['n']}", r["dtype"], r.get("gflop_per_s"), r.get("status"))
+                for r in results["matmul"]]
+        parts.append("## Matrix product (torch.mm)\n" + markdown_table(["case", "m x k x n", "dtype", "GFLOP/s", "status"], rows))
+        ref = results.get("matmul_reference", {})
+        parts.append("reference rate = " + ", ".join(f"{d}: {v['gflop_per_s']:.1f} GFLOP/s ({v['case']})" for d, v in ref.items()))
+    if results.get("models"):
+        rows = [(r["label"], r["img_size"], r["task"], r["batch"], r["dtype"], r["mode"], r.get("images_per_s"),
+                 1e3 * r["median_s"] if r.get("median_s") else None, r["gflops_per_image"], r.get("gflop_per_s"),
+                 r.get("matmul_fraction"), r.get("first_call_s"), r.get("status"))
+                for r in results["models"]]
+        parts.append("## Models\n" + markdown_table(
+            ["model", "px", "task", "batch", "dtype", "mode", "img/s", "ms/iter", "GFLOP/img", "GFLOP/s", "/ matmul",
+             "1st call s", "status"], rows))
+    if results.get("scaling"):
+        rows = [(r["family"], r["tokens"], r["label"], r["img_size"], r["batch"], r["gflops_per_image"],
+                 r.get("images_per_s"), r.get("peak_mb_per_image"), r.get("status", "ok"), r.get("memory_status", "–"))
+                for r in sorted(results["scaling"], key=lambda r: (r["tokens"], r["family"]))]
+        parts.append("## Token-count scaling (fp32 forward, eager)\n" + markdown_table(
+            ["family", "tokens", "model", "px", "batch", "GFLOP/img", "img/s", "peak MB/img", "status", "memory"], rows))
+    if results.get("accuracy"):
+        acc = results["accuracy"]
+        if acc.get("status") == "ok":
+            parts.append(f"## bf16 autocast vs fp32 (golden model, attn_impl={acc['attn_impl']})\n"
+                         f"features: max rel {100 * acc['features']['max_rel_err']:.3f} %, rel L2 "
+                         f"{100 * acc['features']['rel_l2_err']:.3f} %; logits: max rel "
+                         f"{100 * acc['logits']['max_rel_err']:.3f} %; fp32 vs golden max abs "
+                         f"{acc['fp32_vs_golden_max_abs']:.2e}")
+        else:
+            parts.append(f"## bf16 autocast vs fp32: {acc.get('status')}")
+    parts.append(summary_block(results))
+    return "\n\n".join(parts)
+
+
+def summary_block(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    machine = meta["machine"]
+    lines = [f"=== bixt perf summary: {meta['model']}, {machine['cpu_model']}, {machine['threads']} threads, "
+             f"torch {machine['torch']}, mode {meta['mode']} ==="]
+    ref = results.get("matmul_reference", {})
+    if ref:
+        lines.append("matmul reference: " + "; ".join(
+            f"{d} {v['gflop_per_s']:.1f} GFLOP/s ({v['case']})" for d, v in ref.items()))
+    models = [r for r in results.get("models", []) if r.get("images_per_s")]
+    if models:
+        issue2 = [f"{r['label']} {r['task']} b{r['batch']} {r['img_size']}px: {r['images_per_s']:.1f} img/s"
+                  for r in models if r["dtype"] == "fp32" and r["mode"] == "eager"]
+        lines.append("fp32 eager: " + "; ".join(issue2))
+    for c in results.get("summary", []):
+        note = f"  [{c['note']}]" if c.get("note") and c["note"] != "ok" else ""
+        lines.append(f"[{c['verdict']:<4}] {c['what']}: {_fmt_ratio(c['value'], c['name'])} "
+                     f"(target {c['op']} {_fmt_ratio(c['target'], c['name'])}){note}")
+    lines.append(f"wall time {results.get('wall_s', 0):.0f} s")
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """throughput.png and memory.png: images/s and peak MB per image against token count (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    scaling = results.get("scaling") or []
+    families = sorted({r["family"] for r in scaling})
+    for filename, field_name, ylabel in (("throughput.png", "images_per_s", "images / s (fp32 forward)"),
+                                         ("memory.png", "peak_mb_per_image", "peak memory per image (MB)")):
+        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+        missing = []
+        for family in families:
+            rows = sorted((r for r in scaling if r["family"] == family), key=lambda r: r["tokens"])
+            pts = [(r["tokens"], r[field_name]) for r in rows if r.get(field_name)]
+            missing += [f"{family}@{r['tokens']}" for r in rows if not r.get(field_name)]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=family)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel(ylabel)
+        tokens = sorted({r["tokens"] for r in scaling})
+        if tokens:
+            ax.set_xticks(tokens, [str(t) for t in tokens])
+            ax.minorticks_off()
+        title = f"{results['meta']['machine']['cpu_model']}, {results['meta']['machine']['threads']} threads"
+        ax.set_title(title, fontsize=9)
+        if missing:
+            ax.text(0.01, 0.01, "not measured: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, va="bottom")
+        if families:
+            ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        path = out / filename
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# --- entry point ----------------------------------------------------------------------------------
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output directory")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="3 rounds, no torch.compile, no ViT at 12544 tokens (< 3 min)")
+    p.add_argument("--smoke", action="store_true", help="tiny models, seconds (for tests)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile configurations")
+    p.add_argument("--repeats", type=int, help="interleaved timing rounds (default 7, quick 3)")
+    p.add_argument("--warmup", type=int, help="warm-up calls per configuration (default 2, quick 1)")
+    p.add_argument("--max-call-s", type=float, help="a configuration slower than this per call keeps 1 sample")
+    p.add_argument("--budget-s", type=float, help="start no new timing round after this many seconds of rounds")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all available CPUs)")
+    p.add_argument("--model", default="bixt_ti_l64_p16", help="BiXT model for the models section")
+    p.add_argument("--attn-impl", default="auto", choices=("auto", "math", "sdpa"), help="BiXT attention kernels")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad or not sections:
+        p.error(f"--only takes a comma-separated subset of {', '.join(SECTIONS)}; got {args.only!r}")
+    args.sections = sections
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    plan = make_plan(args)
+    started = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    results: dict[str, Any] = {
+        "meta": {
+            "mode": plan.mode, "sections": list(args.sections), "model": plan.model.label,
+            "attn_impl": args.attn_impl, "seed": args.seed, "machine": machine_info(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "plan": json.loads(json.dumps(asdict(plan), default=str)),
+            "method": {
+                "timing": "warm-up, then per round every configuration once in turn; median over rounds",
+                "train_step": "zero_grad, forward + cross-entropy (autocast for bf16), backward, AdamW step",
+                "flops": "torch.utils.flop_counter on the meta device at the measured batch (matmuls, "
+                         "convolutions, attention as matmuls; BiXT counted with attn_impl=math, one similarity "
+                         "per layer); train = forward + backward, no recomputation",
+                "matmul_fraction": "achieved model GFLOP/s / reference torch.mm GFLOP/s of the same dtype",
+                "memory": "fresh worker process, glibc mmap threshold 64 KiB; peak RSS (VmHWM, reset via "
+                          "/proc/self/clear_refs) minus RSS after model build and a warm-up forward, per image",
+            },
+        }
+    }
+    bench = Bench(plan, args.sections, args.seed, log)
+    results.update(bench.run())
+    results["meta"]["machine"]["load_average_end"] = list(os.getloadavg())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plots = write_plots(results, args.out) if "scaling" in args.sections else []
+    print(report(results))
+    print(f"\nwrote {args.out / 'results.json'}" + "".join(f", {p}" for p in plots))
+    return results
+
+
+if __name__ == "__main__":
+    main()

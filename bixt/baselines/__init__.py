@@ -1,0 +1,1 @@
+"""Reference models that BiXT is compared against."""

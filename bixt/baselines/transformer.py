@@ -1,0 +1,71 @@
+"""Full-attention Transformer document encoder: the LRA baseline to compare BiXT against.
+
+LRA configuration for byte-level retrieval: 4 layers, dim 128, 4 heads, MLP 512 (ratio 4),
+pre-norm blocks with GELU MLPs, fixed sinusoidal positions; documents are pooled by the mean over
+their real (unpadded) tokens. Attention cost is quadratic in the document length, which is the
+point of the comparison.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from bixt.tokenizers.text import ByteEmbedding
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def masked_mean(tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over the real tokens: (B, N, D), (B, N) bool -> (B, D)."""
+    if token_mask is None:
+        return tokens.mean(dim=1)
+    weights = token_mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class TransformerDocumentEncoder(nn.Module):
+    """Byte ids -> pooled document vector with full self-attention over all bytes."""
+
+    def __init__(
+        self,
+        dim: int = 128,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        max_len: int = 4000,
+        pos_embed: str = "sinusoidal",
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.embed = ByteEmbedding(dim, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(
+                dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate,
+                attn_drop=attn_drop_rate, drop_path=rates[i], norm_layer=LayerNorm,
+            )
+            for i in range(depth)
+        )
+        self.norm = LayerNorm(dim)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        tokens = self.embed(input_ids)
+        # Boolean SDPA mask (B, 1, 1, N), True = may attend: padded keys are hidden from every query.
+        # Rows stay finite because every document keeps at least one real token (ByteTokenizer).
+        attn_mask = None if token_mask is None else token_mask[:, None, None, :]
+        for block in self.blocks:
+            tokens = block(tokens, attn_mask=attn_mask)
+        return self.norm(masked_mean(tokens, token_mask))

@@ -1,0 +1,343 @@
+"""Document-pair retrieval data: the LRA AAN release and an embedded synthetic stand-in.
+
+Both end up as a Hugging Face ``datasets.Dataset`` with columns ``label`` (0/1) and
+``input_ids1`` / ``input_ids2`` (truncated, unpadded byte ids, ``uint16``), batched by
+:class:`RetrievalCollate`.
+
+LRA format (``new_aan_pairs.{train,eval,test}.tsv``): tab-separated, no header, one pair per line,
+columns ``label, id1, id2, text1, text2``; texts are usually Python bytes literals (``b'...'``),
+parsed with :func:`ast.literal_eval` (never ``eval``). Parsed splits and their tokenised versions
+are cached by ``datasets`` under ``cache_dir`` (never inside the data folder, which is only read);
+a cache entry is keyed by the file's path, size and modification time, so an edited file is
+re-read.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import string
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from bixt.tokenizers.text import ByteTokenizer
+
+SPLITS = ("train", "eval", "test")
+FILE_TEMPLATE = "new_aan_pairs.{split}.tsv"
+COLUMNS = ("label", "id1", "id2", "text1", "text2")
+# Bump when parsing changes, so stale caches are not reused.
+READER_VERSION = "1"
+
+
+class AANFormatError(ValueError):
+    """A malformed row in an AAN TSV file; the message names the file and line."""
+
+
+def _raw_features():
+    from datasets import Features, Value
+
+    return Features({
+        "label": Value("int64"), "id1": Value("string"), "id2": Value("string"),
+        "text1": Value("binary"), "text2": Value("binary"),
+    })
+
+
+def _token_features():
+    from datasets import Features, List, Value
+
+    return Features({
+        "label": Value("int64"), "input_ids1": List(Value("uint16")), "input_ids2": List(Value("uint16")),
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the LRA TSV files
+# --------------------------------------------------------------------------------------------
+def _parse_label(field: bytes, where: str) -> int:
+    text = field.strip().decode("ascii", errors="replace")
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value not in (0.0, 1.0):
+        raise AANFormatError(f"{where}: label must be 0 or 1, got {text[:40]!r}")
+    return int(value)
+
+
+def _parse_text(field: bytes, where: str, column: str) -> bytes:
+    """A document's bytes: a Python bytes literal (``b'...'`` / ``b\"...\"``) or plain UTF-8 text."""
+    stripped = field.strip()
+    if stripped[:2] in (b"b'", b'b"'):
+        try:
+            value = ast.literal_eval(stripped.decode("ascii"))
+        except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise AANFormatError(
+                f"{where}: {column} looks like a Python bytes literal but cannot be parsed "
+                f"({type(exc).__name__}: {exc}); expected b'...' with escapes for non-ASCII bytes, "
+                f"got {field[:60]!r}"
+            ) from None
+        if not isinstance(value, bytes):
+            raise AANFormatError(f"{where}: {column} must be a bytes literal, got a {type(value).__name__}")
+        return value
+    try:
+        field.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AANFormatError(
+            f"{where}: {column} is neither a bytes literal (b'...') nor valid UTF-8 text ({exc}); "
+            "store non-UTF-8 documents as bytes literals"
+        ) from None
+    return field
+
+
+def iter_aan_tsv(path: Union[str, Path]) -> Iterator[dict]:
+    """Parse and validate one LRA AAN TSV file, yielding one dict per pair.
+
+    Blank lines are skipped. Raises :class:`AANFormatError` naming ``path:line`` for a wrong
+    column count, a label other than 0/1, or undecodable text. Empty documents are allowed.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            fields = line.split(b"\t")
+            if len(fields) != len(COLUMNS):
+                raise AANFormatError(
+                    f"{where}: expected {len(COLUMNS)} tab-separated columns ({', '.join(COLUMNS)}), "
+                    f"got {len(fields)}"
+                )
+            label = _parse_label(fields[0], where)
+            try:
+                id1, id2 = fields[1].decode("utf-8").strip(), fields[2].decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise AANFormatError(f"{where}: document ids must be UTF-8 text ({exc})") from None
+            yield {
+                "label": label, "id1": id1, "id2": id2,
+                "text1": _parse_text(fields[3], where, "text1"),
+                "text2": _parse_text(fields[4], where, "text2"),
+            }
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    key = f"aan-v{READER_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BIXT_CACHE", Path.home() / ".cache" / "bixt")) / "aan"
+
+
+def load_aan_split(path: Union[str, Path], cache_dir: Union[str, Path]):
+    """One parsed split as a ``datasets.Dataset`` (label, id1, id2, text1, text2), cached in ``cache_dir``."""
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    path = Path(path)
+    fingerprint = _file_fingerprint(path)
+    try:
+        return Dataset.from_generator(
+            iter_aan_tsv, gen_kwargs={"path": str(path)}, features=_raw_features(),
+            cache_dir=str(cache_dir), fingerprint=fingerprint,
+        )
+    except DatasetGenerationError as exc:
+        # datasets wraps errors raised by the generator; surface the row-level message itself.
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, AANFormatError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def tokenize_pairs(dataset, tokenizer: ByteTokenizer, cache_file_name: Optional[str] = None):
+    """Replace ``text1``/``text2`` by truncated byte ids ``input_ids1``/``input_ids2`` (``uint16``).
+
+    With ``cache_file_name`` the result is written there and reused by later runs.
+    """
+    def encode(batch):
+        return {
+            "label": batch["label"],
+            "input_ids1": tokenizer.encode(batch["text1"]),
+            "input_ids2": tokenizer.encode(batch["text2"]),
+        }
+
+    fingerprint = None
+    if cache_file_name is not None:
+        fingerprint = hashlib.sha256(f"{cache_file_name}".encode()).hexdigest()[:16]
+    return dataset.map(
+        encode, batched=True, batch_size=256, remove_columns=dataset.column_names,
+        features=_token_features(), cache_file_name=cache_file_name, new_fingerprint=fingerprint,
+        keep_in_memory=cache_file_name is None, desc="Tokenising bytes",
+    )
+
+
+def load_aan(
+    root: Union[str, Path],
+    max_len: int = 4000,
+    cache_dir: Optional[Union[str, Path]] = None,
+    splits: Sequence[str] = SPLITS,
+) -> dict:
+    """Tokenised AAN splits ``{split: datasets.Dataset}`` from ``root/new_aan_pairs.<split>.tsv``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"AAN data folder {root} does not exist; point data.root at the folder holding "
+            f"{', '.join(FILE_TEMPLATE.format(split=s) for s in splits)}"
+        )
+    missing = [FILE_TEMPLATE.format(split=s) for s in splits if not (root / FILE_TEMPLATE.format(split=s)).is_file()]
+    if missing:
+        raise FileNotFoundError(f"AAN data folder {root} lacks {', '.join(missing)} (LRA release file names expected)")
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if cache_dir.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is read-only; choose another")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = ByteTokenizer(max_len)
+    out = {}
+    for split in splits:
+        raw = load_aan_split(root / FILE_TEMPLATE.format(split=split), cache_dir)
+        cache_file = cache_dir / f"aan-{split}-{raw._fingerprint}-bytes{max_len}.arrow"
+        out[split] = tokenize_pairs(raw, tokenizer, cache_file_name=str(cache_file))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Embedded synthetic retrieval set
+# --------------------------------------------------------------------------------------------
+def make_marker_words(num_markers: int, marker_len: int) -> list[str]:
+    """Upper-case marker words over disjoint letters (the filler text is lower case)."""
+    if num_markers * marker_len > 26:
+        raise ValueError(
+            f"{num_markers} markers of {marker_len} letters need {num_markers * marker_len} distinct upper-case "
+            "letters, only 26 exist"
+        )
+    letters = string.ascii_uppercase
+    return [letters[i * marker_len:(i + 1) * marker_len] for i in range(num_markers)]
+
+
+def generate_retrieval_pairs(
+    num_pairs: int,
+    seed: int = 0,
+    min_bytes: int = 1000,
+    max_bytes: int = 2000,
+    num_markers: int = 8,
+    markers_per_doc: int = 4,
+    marker_len: int = 3,
+    repeats: int = 3,
+    hard_negative_rate: float = 0.5,
+    vocab_size: int = 512,
+) -> dict[str, list]:
+    """A synthetic document-matching set whose label depends on the whole of both documents.
+
+    Every document is lower-case filler text (Zipf-distributed random words) split into
+    ``markers_per_doc`` equal segments; segment j carries ``repeats`` copies of one upper-case
+    marker word at random places. The document's *signature* is its set of markers, assigned to
+    segments in random order. A pair matches (label 1) iff both signatures are equal; half of
+    the negatives (``hard_negative_rate``) differ in a single marker. Because each marker lives
+    in its own segment, any window or truncation that sees a fraction f of a document sees only
+    about f of its signature, and a reader of the first half of both documents is barely better
+    than chance (see the tests); a model must read both documents in full.
+
+    Returns columns ``label`` (int), ``text1``, ``text2`` (bytes), ``signature1``, ``signature2``
+    (sorted marker ids, for inspection). Deterministic in ``seed``.
+    """
+    if markers_per_doc >= num_markers:
+        raise ValueError(f"markers_per_doc ({markers_per_doc}) must be smaller than num_markers ({num_markers})")
+    if not 0 < min_bytes <= max_bytes:
+        raise ValueError(f"need 0 < min_bytes <= max_bytes, got {min_bytes}, {max_bytes}")
+    rng = np.random.default_rng(seed)
+    markers = make_marker_words(num_markers, marker_len)
+    # Fixed lexicon (same for every seed, so splits share a vocabulary) with Zipf frequencies.
+    lex_rng = np.random.default_rng(12345)
+    lexicon = [
+        "".join(lex_rng.choice(list(string.ascii_lowercase), size=lex_rng.integers(2, 9)))
+        for _ in range(vocab_size)
+    ]
+    freq = 1.0 / np.arange(1, vocab_size + 1)
+    freq /= freq.sum()
+
+    def document(signature: np.ndarray) -> bytes:
+        length = int(rng.integers(min_bytes, max_bytes + 1))
+        order = rng.permutation(signature)
+        seg_len = length // len(order)
+        parts = []
+        for j, marker_id in enumerate(order):
+            budget = seg_len if j < len(order) - 1 else length - seg_len * (len(order) - 1)
+            # more words than the segment holds (each takes >= 3 bytes with its separator), then cut
+            words = [lexicon[i] for i in rng.choice(vocab_size, size=budget // 3 + 8, p=freq)]
+            ends = np.cumsum([len(w) + 1 for w in words])
+            # markers replace words well inside the budget, so the cut never clips one
+            fitting = int(np.searchsorted(ends, budget - 2 * marker_len * repeats, side="right"))
+            for slot in rng.choice(max(fitting, repeats), size=repeats, replace=False):
+                words[slot] = markers[marker_id]
+            parts.append(" ".join(words)[: budget - 1] + " ")
+        return "".join(parts).encode("ascii")
+
+    labels, texts1, texts2, sigs1, sigs2 = [], [], [], [], []
+    for _ in range(num_pairs):
+        sig1 = np.sort(rng.choice(num_markers, size=markers_per_doc, replace=False))
+        label = int(rng.random() < 0.5)
+        if label:
+            sig2 = sig1.copy()
+        elif rng.random() < hard_negative_rate:
+            sig2 = sig1.copy()
+            outside = np.setdiff1d(np.arange(num_markers), sig1)
+            sig2[rng.integers(markers_per_doc)] = rng.choice(outside)
+            sig2 = np.sort(sig2)
+        else:
+            while True:
+                sig2 = np.sort(rng.choice(num_markers, size=markers_per_doc, replace=False))
+                if not np.array_equal(sig1, sig2):
+                    break
+        labels.append(label)
+        texts1.append(document(sig1))
+        texts2.append(document(sig2))
+        sigs1.append(sig1.tolist())
+        sigs2.append(sig2.tolist())
+    return {"label": labels, "text1": texts1, "text2": texts2, "signature1": sigs1, "signature2": sigs2}
+
+
+def load_embedded(
+    sizes: dict[str, int],
+    seed: int = 0,
+    max_len: int = 2048,
+    **generator_kwargs,
+) -> dict:
+    """Tokenised synthetic splits ``{split: datasets.Dataset}``; split i is generated from ``seed`` + i."""
+    from datasets import Dataset
+
+    tokenizer = ByteTokenizer(max_len)
+    out = {}
+    for offset, (split, size) in enumerate(sizes.items()):
+        columns = generate_retrieval_pairs(size, seed=seed * 1000 + offset, **generator_kwargs)
+        raw = Dataset.from_dict({k: columns[k] for k in ("label", "text1", "text2")})
+        out[split] = tokenize_pairs(raw, tokenizer)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------
+class RetrievalCollate:
+    """List of ``{label, input_ids1, input_ids2}`` rows -> padded batch tensors.
+
+    Each document side is padded to its longest sequence in the batch (or ``length``); the model
+    pads the two sides to a common length when it stacks them.
+    """
+
+    def __init__(self, length: Optional[int] = None) -> None:
+        self.length = length
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        input_ids1, token_mask1 = ByteTokenizer.pad([r["input_ids1"] for r in rows], self.length)
+        input_ids2, token_mask2 = ByteTokenizer.pad([r["input_ids2"] for r in rows], self.length)
+        return {
+            "input_ids1": input_ids1, "token_mask1": token_mask1,
+            "input_ids2": input_ids2, "token_mask2": token_mask2,
+            "label": torch.as_tensor(np.asarray([int(r["label"]) for r in rows]), dtype=torch.long),
+        }

@@ -1,0 +1,75 @@
+"""The shared training engine: one loop for every bixt task.
+
+Public API (stable)
+-------------------
+``run(cfg, model, adapter, train_set, val_set, collate_fn=None, test_sets=None) -> dict[str, float]``
+    Train ``model`` on ``train_set`` and evaluate on ``val_set`` after every ``trainer.eval_every``
+    epochs (and the last); at the end evaluate each ``test_sets[name]`` with the ``best`` (or
+    ``last``, ``trainer.test_with``) weights. With ``trainer.eval_only=true`` only evaluate
+    (``train_set`` may be ``None``). Returns the final metrics, flat:
+    ``{"epoch", "step", "lr", "train/loss", "val/<metric>", "val_ema/<metric>", "best/<main_metric>",
+    "test_<name>/<metric>", ...}``.
+
+    * ``cfg``: the composed config; the engine reads ``cfg.trainer`` (:class:`TrainerConfig`) and
+      ``cfg.optim`` (:class:`OptimConfig`), both validated against their schemas (a wrong key is an
+      error that lists the valid ones). Anything else in ``cfg`` is the task's business; the whole
+      resolved config is saved to ``<run_dir>/config.yaml`` and into every checkpoint.
+    * ``model``: an ``nn.Module`` built by the task (call :func:`seed_everything` first, so the
+      initial weights are deterministic). The engine moves it to the device, loads
+      ``trainer.checkpoint`` into it if set, and wraps it (DDP, torch.compile) itself.
+    * ``adapter``: a :class:`TaskAdapter` (``forward``, ``loss``, ``batch_size``, ``make_evaluator``,
+      ``main_metric``), optionally with the hooks listed in :mod:`bixt.engine.task`
+      (``train_batch_transform`` for batch-level augmentation such as mixup, ``to_device``,
+      ``main_metric_mode``, ``sample_name``).
+    * ``train_set``/``val_set``/``test_sets``: map-style datasets; batches are built by
+      ``collate_fn`` (default: torch's), moved to the device (tensors in nested dicts, lists,
+      tuples), and handed to the adapter. Per-sample augmentation inside a dataset may use
+      ``random``/``numpy``/``torch`` global RNGs freely: the engine seeds them per sample from
+      ``(seed, epoch, index)`` (reproducible across worker counts, ranks and resumes).
+
+``seed_everything(seed)``
+    Seed ``random``, ``numpy`` and ``torch``. Tasks call it with ``cfg.trainer.seed`` before
+    building data and model.
+
+``init_distributed(device="auto") -> DistEnv``
+    Join the torchrun process group early (idempotent; ``run`` calls it too), e.g. to know
+    ``rank``/``world_size`` while preparing data.
+
+``TrainerConfig``, ``OptimConfig``
+    The schemas, registered in Hydra's ConfigStore as ``trainer/default`` and ``optim/default``.
+    Select the trainer in a task's primary config with ``- trainer: default`` in its defaults list.
+
+What the engine does
+--------------------
+CUDA if present else CPU (``trainer.device``); DDP under ``torchrun`` (NCCL on GPU, gloo on
+CPU) with a resumable ``DistributedSampler``, single process otherwise; bf16 autocast on CUDA
+(``trainer.amp``: auto | bf16 | fp16 | fp32; bf16 works on CPU too); ``torch.compile``
+(``trainer.compile``); gradient accumulation (``trainer.accumulate``) and clipping
+(``trainer.clip_grad``); EMA (``trainer.ema``); any timm optimizer with the lr scaled to the
+global batch (``optim.lr_base_batch``, ``optim.lr_scale``) and any timm schedule, advanced every
+optimizer step; atomic checkpoints ``<run_dir>/last.pth`` (each epoch and every
+``trainer.ckpt_every_steps`` steps) and ``best.pth``; exact resume (``trainer.resume``: true |
+auto | PATH) on CPU; per-epoch metrics in ``<run_dir>/metrics.jsonl`` and ``metrics.csv`` and on
+the console; a tqdm bar (loss, lr, samples/s) on rank 0 when stderr is a terminal.
+
+Example (a task entry point)::
+
+    @hydra.main(version_base=None, config_path="../../configs/mytask", config_name="config")
+    def main(cfg):
+        seed_everything(cfg.trainer.seed)
+        train_set, val_set = build_data(cfg.data)
+        model = build_model(cfg.model)
+        return run(cfg, model, MyAdapter(), train_set, val_set)
+"""
+from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, register_configs, trainer_config
+from bixt.engine.distributed import DistEnv, init_distributed
+from bixt.engine.reproducibility import seed_everything
+from bixt.engine.task import Evaluator, TaskAdapter
+from bixt.engine.trainer import move_to_device, run
+
+register_configs()
+
+__all__ = [
+    "run", "seed_everything", "init_distributed", "DistEnv", "TrainerConfig", "OptimConfig",
+    "trainer_config", "optim_config", "TaskAdapter", "Evaluator", "move_to_device",
+]

@@ -1,0 +1,117 @@
+"""Typed schemas of the engine's two config nodes, ``cfg.trainer`` and ``cfg.optim``.
+
+Both are registered in Hydra's ConfigStore on import of :mod:`bixt.engine`:
+
+* group ``trainer``, name ``default`` -> :class:`TrainerConfig` (select with ``- trainer: default``
+  in a task's defaults list; a task's own ``configs/<task>/trainer/x.yaml`` may extend it with
+  ``defaults: [default, _self_]``);
+* group ``optim``, name ``default`` -> :class:`OptimConfig` (tasks usually keep their own
+  ``configs/<task>/optim/*.yaml``; the engine validates them against this schema anyway).
+
+The engine merges whatever the task composed onto these schemas (:func:`trainer_config`,
+:func:`optim_config`), so a misspelt key fails early with the list of valid keys instead of
+being silently ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+@dataclass
+class TrainerConfig:
+    """How to train; task-agnostic. Per-process values unless stated otherwise."""
+
+    seed: int = 0  #: global seed; rank r uses seed + r for its training-time randomness
+    epochs: int = 10
+    batch_size: int = 64  #: per process; global batch = batch_size * world_size * accumulate
+    eval_batch_size: Optional[int] = None  #: per process; None = 2 * batch_size
+    num_workers: int = 2  #: DataLoader workers per process (0 = load in the main process)
+    pin_memory: Optional[bool] = None  #: None = pin when training on CUDA
+    device: str = "auto"  #: auto (CUDA if present, else CPU) | cpu | cuda | cuda:N
+    amp: str = "auto"  #: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: bool = False  #: torch.compile the model
+    compile_mode: Optional[str] = None  #: torch.compile mode (None, reduce-overhead, max-autotune)
+    accumulate: int = 1  #: micro-batches per optimizer step
+    clip_grad: Optional[float] = None  #: None = no clipping
+    clip_mode: str = "norm"  #: norm | value | agc (timm's dispatch_clip_grad)
+    ema: bool = False  #: keep an EMA of the weights (timm ModelEmaV3), evaluated next to the model
+    ema_decay: float = 0.9998
+    ema_warmup: bool = False
+    sync_bn: bool = False  #: convert BatchNorm to SyncBatchNorm under DDP
+    find_unused_parameters: bool = False  #: DDP option, for models with unused branches
+    deterministic: bool = False  #: deterministic algorithms (exact reproducibility, slower on GPU)
+    run_dir: Optional[str] = None  #: None = Hydra's output dir (or ./runs/<time> outside Hydra)
+    resume: Any = False  #: false | true (run_dir/last.pth) | auto (if it exists) | PATH (file or run dir)
+    checkpoint: Optional[str] = None  #: initial weights (official or ours); ignored when resuming
+    checkpoint_strict: bool = True  #: error on missing/unexpected keys when loading `checkpoint`
+    eval_only: bool = False  #: evaluate `checkpoint` (or the model as given) and exit
+    ckpt_every_steps: int = 0  #: also write `last` every N optimizer steps (0 = at epoch end only)
+    save_best: bool = True  #: keep `best.pth` by the adapter's main metric
+    eval_every: int = 1  #: evaluate every N epochs (and always after the last one)
+    test_with: str = "best"  #: weights for the final test sets: best | last
+    log_every: int = 50  #: optimizer steps between log lines when no progress bar is shown (0 = off)
+    progress: Optional[bool] = None  #: progress bar; None = only on rank 0 and a terminal
+    max_steps: Optional[int] = None  #: stop (cleanly: checkpoint + eval) after this many optimizer steps
+    abort_at_step: Optional[int] = None  #: debugging: stop dead after this step, as if killed (tests)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (timm ``create_optimizer_v2``) and LR schedule (timm ``create_scheduler_v2``)."""
+
+    name: str = "adamw"  #: any timm optimizer name: adamw, sgd, lamb, lambc, lion, ...
+    lr: float = 1e-3  #: peak learning rate at a global batch of `lr_base_batch`
+    lr_base_batch: Optional[int] = None  #: None = use `lr` as given, whatever the global batch
+    lr_scale: str = "sqrt"  #: sqrt | linear: how `lr` scales with global batch / lr_base_batch
+    weight_decay: float = 0.05
+    momentum: float = 0.9  #: SGD-style momentum
+    betas: Optional[list[float]] = None  #: None = the optimizer's default
+    eps: Optional[float] = None  #: None = the optimizer's default
+    layer_decay: Optional[float] = None  #: layer-wise lr decay (timm)
+    filter_bias_and_bn: bool = True  #: no weight decay on biases and 1-d (norm) parameters
+    kwargs: dict[str, Any] = field(default_factory=dict)  #: extra optimizer arguments
+    sched: str = "cosine"  #: timm scheduler name: cosine, step, multistep, poly, constant, none, ...
+    warmup_epochs: float = 0.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+    warmup_prefix: bool = False  #: warm-up before (True) or inside (False) the schedule's epochs
+    cooldown_epochs: int = 0
+    decay_epochs: Optional[float] = None  #: step / wsd schedules
+    decay_rate: float = 0.1
+    decay_milestones: list[int] = field(default_factory=lambda: [90, 180, 270])
+    sched_on_epochs: bool = False  #: update the lr once per epoch (timm style) instead of per step
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="trainer", name="default", node=TrainerConfig)
+    cs.store(group="optim", name="default", node=OptimConfig)
+
+
+def _typed(schema: type, node: Any, key: str):
+    base = OmegaConf.structured(schema)
+    if isinstance(node, DictConfig):
+        # resolve in place first: interpolations may point anywhere in the task's full config
+        node = OmegaConf.to_container(node, resolve=True)
+    try:
+        merged = OmegaConf.merge(base, node if node is not None else {})
+    except (ConfigKeyError, ValidationError) as err:
+        valid = ", ".join(f.name for f in fields(schema))
+        raise ValueError(f"invalid `{key}` config: {err.msg if hasattr(err, 'msg') else err}\n"
+                         f"valid keys of `{key}`: {valid}") from None
+    return OmegaConf.to_object(merged)
+
+
+def trainer_config(cfg: DictConfig) -> TrainerConfig:
+    """``cfg.trainer`` resolved and validated as a :class:`TrainerConfig`."""
+    return _typed(TrainerConfig, cfg.get("trainer"), "trainer")
+
+
+def optim_config(cfg: DictConfig) -> OptimConfig:
+    """``cfg.optim`` resolved and validated as an :class:`OptimConfig`."""
+    return _typed(OptimConfig, cfg.get("optim"), "optim")

@@ -1,0 +1,91 @@
+"""Metrics files, console summaries and the progress bar (all silent on non-zero ranks)."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from tqdm import tqdm
+
+log = logging.getLogger("bixt.engine")
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+
+
+class MetricsWriter:
+    """Appends one record per line to ``metrics.jsonl`` and keeps ``metrics.csv`` in step.
+
+    The CSV is rewritten from the JSONL each time, so new columns (e.g. test metrics at the end)
+    simply extend the header; both survive resume (records after the resume point are dropped
+    first, so a resumed run's files equal an uninterrupted run's).
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.dir = Path(run_dir)
+        self.enabled = enabled
+
+    @property
+    def jsonl(self) -> Path:
+        return self.dir / METRICS_JSONL
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.jsonl.is_file():
+            return []
+        with open(self.jsonl) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop records of epochs later than ``epoch`` (they belong to a run being redone)."""
+        if not self.enabled:
+            return
+        kept = [r for r in self.records() if r.get("epoch", 0) <= epoch]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.jsonl, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self._write_csv(kept)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._write_csv(self.records())
+
+    def _write_csv(self, records: list[dict[str, Any]]) -> None:
+        columns: list[str] = []
+        for r in records:
+            columns += [k for k in r if k not in columns]
+        with open(self.dir / METRICS_CSV, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(records)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            parts.append(f"{k} {v:.4g}" if (v == 0 or 1e-3 <= abs(v) < 1e5 or math.isnan(v)) else f"{k} {v:.3e}")
+        else:
+            parts.append(f"{k} {v}")
+    return " | ".join(parts)
+
+
+def show_progress(setting: Optional[bool], is_main: bool) -> bool:
+    """Progress bar only on rank 0, and (unless forced) only when stderr is a terminal."""
+    if not is_main:
+        return False
+    if setting is None:
+        return sys.stderr.isatty()
+    return bool(setting)
+
+
+def progress_bar(iterable: Iterable, total: int, initial: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(iterable, total=total, initial=initial, desc=desc, disable=not enabled,
+                dynamic_ncols=True, leave=False, file=sys.stderr)

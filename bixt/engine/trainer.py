@@ -1,0 +1,466 @@
+"""The training / evaluation loop behind :func:`bixt.engine.run` (see the package docstring)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3, dispatch_clip_grad
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from bixt.engine import checkpointing as ckpt_io
+from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer_config
+from bixt.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup,
+                                     gather_objects, init_distributed)
+from bixt.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from bixt.engine.reporting import MetricsWriter, format_metrics, progress_bar, show_progress
+from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
+                                         restore_rng_state, rng_guarded, seed_everything)
+from bixt.engine.task import TaskAdapter
+
+log = logging.getLogger("bixt.engine")
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+               "float16": torch.float16, "fp32": None, "float32": None, "none": None}
+
+
+def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
+        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None) -> dict[str, float]:
+    """Train ``model`` on ``train_set`` (or only evaluate it), evaluating on ``val_set`` and, at the
+    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict."""
+    tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
+    env = init_distributed(tcfg.device)
+    try:
+        return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
+    finally:
+        cleanup(env)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors inside (nested) dicts, lists, tuples and namedtuples moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()}) if isinstance(batch, dict) \
+            else {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+class _Aborted(Exception):
+    """Raised by ``trainer.abort_at_step`` to stop dead, as if the process had been killed."""
+
+
+class _Engine:
+    def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, ocfg: OptimConfig, env: DistEnv,
+                 model: nn.Module, adapter: TaskAdapter, collate_fn):
+        self.cfg, self.tcfg, self.ocfg, self.env = cfg, tcfg, ocfg, env
+        self.adapter, self.collate_fn = adapter, collate_fn
+        self.device = env.device
+        self._setup_logging()
+        self._setup_backends()
+        self.amp_dtype = self._amp_dtype()
+        self.resume_path = ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir) if not tcfg.eval_only else None
+        self.run_dir = Path(broadcast_object(str(self._run_dir()), env))
+        self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
+        self.config_dict = self._resolved_config()
+        self.sample_name = getattr(adapter, "sample_name", "samples")
+        self.show_bar = show_progress(tcfg.progress, env.is_main)
+
+        self.raw_model = model.to(self.device)
+        if tcfg.checkpoint and self.resume_path is None:
+            ckpt_io.load_weights(self.raw_model, tcfg.checkpoint, strict=tcfg.checkpoint_strict)
+        if tcfg.sync_bn and env.distributed:
+            self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
+        self.ema = ModelEmaV3(self.raw_model, decay=tcfg.ema_decay, use_warmup=tcfg.ema_warmup) if tcfg.ema else None
+        self.ddp: Optional[nn.parallel.DistributedDataParallel] = None
+        train_model: nn.Module = self.raw_model
+        if env.distributed:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=tcfg.find_unused_parameters)
+            train_model = self.ddp
+        self.eval_model: nn.Module = self.raw_model
+        if tcfg.compile:
+            train_model = torch.compile(train_model, mode=tcfg.compile_mode)
+            self.eval_model = torch.compile(self.raw_model, mode=tcfg.compile_mode)
+        self.train_model = train_model
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(self.config_dict), self.run_dir / "config.yaml")
+        log.info("run dir %s | device %s | world size %d | amp %s", self.run_dir, self.device, env.world_size,
+                 self.amp_dtype or "off")
+
+    # ------------------------------------------------------------------ setup helpers
+    def _setup_logging(self) -> None:
+        if not logging.getLogger().handlers:  # not under Hydra (which configures logging itself)
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+        if not self.env.is_main:
+            log.setLevel(logging.WARNING)
+
+    def _setup_backends(self) -> None:
+        if self.tcfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def _amp_dtype(self) -> Optional[torch.dtype]:
+        amp = str(self.tcfg.amp).lower()
+        if amp in ("auto", "true"):
+            return torch.bfloat16 if self.device.type == "cuda" else None
+        if amp == "false":
+            return None
+        if amp not in _AMP_DTYPES:
+            raise ValueError(f"trainer.amp={self.tcfg.amp!r}; expected auto, bf16, fp16 or fp32")
+        dtype = _AMP_DTYPES[amp]
+        if dtype == torch.float16 and self.device.type != "cuda":
+            raise ValueError("trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16 or fp32")
+        return dtype
+
+    def _run_dir(self) -> Path:
+        if self.tcfg.run_dir:
+            return Path(self.tcfg.run_dir)
+        if self.resume_path is not None:
+            return self.resume_path.parent
+        try:
+            from hydra.core.hydra_config import HydraConfig
+            return Path(HydraConfig.get().runtime.output_dir)
+        except (ImportError, ValueError):
+            return Path("runs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+    def _resolved_config(self) -> dict:
+        try:
+            return OmegaConf.to_container(self.cfg, resolve=True)
+        except Exception:  # noqa: BLE001 - e.g. ${hydra:...} outside a Hydra app: keep it unresolved
+            return OmegaConf.to_container(self.cfg, resolve=False)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: Any) -> Any:
+        hook = getattr(self.adapter, "to_device", None)
+        return hook(batch, self.device) if hook is not None else move_to_device(batch, self.device)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler, drop_last: bool, seed: int) -> DataLoader:
+        tcfg = self.tcfg
+        pin = tcfg.pin_memory if tcfg.pin_memory is not None else self.device.type == "cuda"
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                          collate_fn=self.collate_fn, num_workers=tcfg.num_workers, pin_memory=pin,
+                          persistent_workers=tcfg.num_workers > 0,
+                          # a private generator: creating an iterator must not consume the global RNG,
+                          # or a resumed run's random stream would diverge from the uninterrupted one
+                          generator=torch.Generator().manual_seed(seed))
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        if isinstance(dataset, IterableDataset):
+            raise TypeError("evaluation sets must be map-style datasets (with __len__ and __getitem__)")
+        bs = self.tcfg.eval_batch_size or 2 * self.tcfg.batch_size
+        return self._loader(dataset, bs, ShardedSampler(len(dataset), self.env.world_size, self.env.rank),
+                            drop_last=False, seed=self.tcfg.seed)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, desc: str) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        evaluator = self.adapter.make_evaluator()
+        for batch in progress_bar(loader, total=len(loader), initial=0, desc=desc, enabled=self.show_bar):
+            batch = self._to_device(batch)
+            with self._autocast():
+                outputs = self.adapter.forward(model, batch)
+            evaluator.update(outputs, batch)
+        model.train(was_training)
+        return {k: float(v) for k, v in evaluator.compute(all_reduce_sum(evaluator.state(), self.env)).items()}
+
+    def evaluate_all(self, loader: DataLoader, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}/{k}": v for k, v in self.evaluate(self.eval_model, loader, prefix).items()}
+        if self.ema is not None:
+            out.update({f"{prefix}_ema/{k}": v for k, v in self.evaluate(self.ema.module, loader, f"{prefix} ema").items()})
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, epoch: int, step_in_epoch: int, epoch_sums: dict[str, float], is_best: bool) -> None:
+        # collective: every rank contributes its RNG state and its partial epoch sums
+        per_rank = gather_objects((capture_rng_state(), dict(epoch_sums)), self.env)
+        if self.env.is_main:
+            state = {
+                "state_dict": self.raw_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": self.global_step,
+                "epoch_sums": [sums for _, sums in per_rank],
+                "best": self.best,
+                "rng": [rng for rng, _ in per_rank],
+                "world_size": self.env.world_size,
+                "config": self.config_dict,
+                "arch": getattr(self.raw_model, "pretrained_cfg", {}).get("architecture"),
+            }
+            if self.ema is not None:
+                state["state_dict_ema"] = self.ema.module.state_dict()
+            last = self.run_dir / ckpt_io.LAST
+            ckpt_io.atomic_save(state, last)
+            if is_best:
+                tmp = self.run_dir / f".{ckpt_io.BEST}.tmp"
+                shutil.copyfile(last, tmp)
+                os.replace(tmp, self.run_dir / ckpt_io.BEST)
+        barrier(self.env)
+
+    def _restore(self, path: Path) -> dict[str, Any]:
+        ckpt = ckpt_io.load_training_checkpoint(path)
+        self.raw_model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            if "state_dict_ema" in ckpt:
+                self.ema.module.load_state_dict(ckpt["state_dict_ema"])
+            else:
+                log.warning("%s has no EMA weights; the EMA restarts from the current weights", path)
+                self.ema.module.load_state_dict(ckpt["state_dict"])
+        self.global_step = int(ckpt["global_step"])
+        self.best = ckpt.get("best")
+        rng = ckpt.get("rng") or []
+        if len(rng) == self.env.world_size:
+            restore_rng_state(rng[self.env.rank])
+        else:
+            log.warning("%s was written by %d process(es), this run has %d: random streams are re-seeded, "
+                        "so the continuation is not bit-identical", path, len(rng), self.env.world_size)
+            seed_everything(self.tcfg.seed + self.env.rank + self.global_step)
+        log.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", path, ckpt["epoch"],
+                 ckpt["step_in_epoch"], self.global_step)
+        return ckpt
+
+    # ------------------------------------------------------------------ main entry
+    def fit(self, train_set: Optional[Dataset], val_set: Dataset, test_sets: dict[str, Dataset]) -> dict[str, float]:
+        tcfg, env = self.tcfg, self.env
+        val_loader = self._eval_loader(val_set)
+        if tcfg.eval_only:
+            if not tcfg.checkpoint:
+                log.warning("trainer.eval_only without trainer.checkpoint: evaluating the model as built")
+            record: dict[str, Any] = {"mode": "eval", **self.evaluate_all(val_loader, "val")}
+            for name, ds in test_sets.items():
+                record.update(self.evaluate_all(self._eval_loader(ds), f"test_{name}"))
+            self.metrics.write(record)
+            log.info("eval | %s", format_metrics(record))
+            return {k: v for k, v in record.items() if isinstance(v, (int, float))}
+
+        if train_set is None:
+            raise ValueError("run() needs a train_set unless trainer.eval_only=true")
+        if isinstance(train_set, IterableDataset):
+            raise TypeError("train_set must be a map-style dataset (with __len__ and __getitem__)")
+        if tcfg.accumulate < 1:
+            raise ValueError(f"trainer.accumulate must be >= 1, got {tcfg.accumulate}")
+        sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=tcfg.seed)
+        train_loader = self._loader(SeededDataset(train_set, tcfg.seed), tcfg.batch_size, sampler,
+                                    drop_last=True, seed=tcfg.seed + env.rank)
+        batches_per_epoch = sampler.num_samples // tcfg.batch_size
+        if batches_per_epoch == 0:
+            raise ValueError(f"the training set has {len(train_set)} samples, fewer than one global batch "
+                             f"({tcfg.batch_size} x {env.world_size} processes); lower trainer.batch_size")
+        updates_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate)
+        global_batch = tcfg.batch_size * env.world_size * tcfg.accumulate
+        lr = scaled_lr(self.ocfg, global_batch)
+        self.optimizer = build_optimizer(self.raw_model, self.ocfg, lr)
+        self.scheduler = build_scheduler(self.optimizer, self.ocfg, tcfg.epochs, updates_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.global_step, self.best = 0, None
+        start_epoch, start_step, epoch_stats = 0, 0, None
+        if self.resume_path is not None:
+            ckpt = self._restore(self.resume_path)
+            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+            sums = ckpt.get("epoch_sums") or []
+            epoch_stats = sums[env.rank] if len(sums) == env.world_size else None
+            self.metrics.truncate_after(start_epoch)
+        else:
+            seed_everything(tcfg.seed + env.rank)
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        log.info("%s parameters | %d train / %d val %s | global batch %d | lr %.3g | %d updates per epoch",
+                 f"{n_params:,}", len(train_set), len(val_set), self.sample_name, global_batch, lr, updates_per_epoch)
+
+        record: dict[str, Any] = {}
+        for epoch in range(start_epoch, tcfg.epochs):
+            if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
+                break
+            skip_steps = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch)
+            sampler.set_start(skip_steps * tcfg.accumulate * tcfg.batch_size)
+            try:
+                train_stats, step_in_epoch, sums = self.train_epoch(
+                    train_loader, epoch, skip_steps, batches_per_epoch, updates_per_epoch,
+                    epoch_stats if epoch == start_epoch else None)
+            except _Aborted:
+                log.warning("trainer.abort_at_step=%d reached: stopping without saving", tcfg.abort_at_step)
+                return {}
+            finished = step_in_epoch >= updates_per_epoch
+            record = {"epoch": epoch + 1, "step": self.global_step, **train_stats}
+            is_best = False
+            if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs or not finished:
+                record.update(self.evaluate_all(val_loader, "val"))
+                is_best = self._update_best(record) and tcfg.save_best
+            self.metrics.write(record)
+            log.info("epoch %d/%d | %s", epoch + 1, tcfg.epochs, format_metrics({k: v for k, v in record.items() if k != "epoch"}))
+            if finished:
+                self.save(epoch + 1, 0, {}, is_best)
+            else:  # stopped by max_steps inside the epoch: keep the position so it can be resumed
+                self.save(epoch, step_in_epoch, sums, is_best)
+
+        final = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        if self.best is not None:
+            final[f"best/{self.adapter.main_metric}"] = self.best
+        if test_sets:
+            final.update(self._test(test_sets))
+        return final
+
+    def _update_best(self, record: dict[str, Any]) -> bool:
+        key = f"val/{self.adapter.main_metric}"
+        if key not in record:
+            raise KeyError(f"adapter.main_metric={self.adapter.main_metric!r} is not among the evaluator's "
+                           f"metrics {sorted(k[4:] for k in record if k.startswith('val/'))}")
+        value = record[key]
+        maximize = getattr(self.adapter, "main_metric_mode", "max") == "max"
+        if self.best is None or (value > self.best if maximize else value < self.best):
+            self.best = value
+            return True
+        return False
+
+    def _test(self, test_sets: dict[str, Dataset]) -> dict[str, float]:
+        best_path = self.run_dir / ckpt_io.BEST
+        if self.tcfg.test_with == "best" and best_path.is_file():
+            state = torch.load(best_path, map_location="cpu", weights_only=True)
+            self.raw_model.load_state_dict(state["state_dict"])
+            if self.ema is not None and "state_dict_ema" in state:
+                self.ema.module.load_state_dict(state["state_dict_ema"])
+            log.info("test sets evaluated with the best checkpoint (epoch %d)", state["epoch"])
+        out: dict[str, Any] = {}
+        for name, ds in test_sets.items():
+            out.update(self.evaluate_all(self._eval_loader(ds), f"test_{name}"))
+        self.metrics.write({"mode": f"test ({self.tcfg.test_with})", **out})
+        log.info("test | %s", format_metrics(out))
+        return out
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, loader: DataLoader, epoch: int, skip_steps: int, batches_per_epoch: int,
+                    updates_per_epoch: int, resumed_sums: Optional[dict[str, float]]
+                    ) -> tuple[dict[str, Any], int, dict[str, float]]:
+        tcfg, acc = self.tcfg, self.tcfg.accumulate
+        self.train_model.train()
+        if self.scheduler is not None:
+            self.scheduler.step(epoch)
+            self.scheduler.step_update(num_updates=self.global_step)
+        # sums over the epoch, carried through a mid-epoch checkpoint so a resumed epoch reports the same
+        sums = {"loss": 0.0, "samples": 0.0, **(resumed_sums or {})}
+        loss_acc = torch.zeros((), device=self.device)
+        samples_acc = 0
+        window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+        epoch_t0, epoch_samples = time.perf_counter(), 0
+        step_in_epoch = skip_steps
+        first = skip_steps * acc
+        # main-process loading seeds the global RNGs per sample: shield the training stream from it
+        batches = rng_guarded(loader) if tcfg.num_workers == 0 else loader
+        bar = progress_bar(batches, total=batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{tcfg.epochs}",
+                           enabled=self.show_bar)
+        train_hook = getattr(self.adapter, "train_batch_transform", None)
+        for batch_idx, batch in enumerate(bar, start=first):
+            group_start = (batch_idx // acc) * acc
+            group_len = min(acc, batches_per_epoch - group_start)
+            is_update = batch_idx + 1 == group_start + group_len
+            batch = self._to_device(batch)
+            if train_hook is not None:
+                batch = train_hook(batch)
+            sync = self.ddp.no_sync() if (self.ddp is not None and not is_update) else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    outputs = self.adapter.forward(self.train_model, batch)
+                    loss = self.adapter.loss(outputs, batch)
+                self.scaler.scale(loss / group_len).backward()
+            n = self.adapter.batch_size(batch)
+            loss_acc += loss.detach().float() * n
+            samples_acc += n
+            if not is_update:
+                continue
+
+            if tcfg.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                dispatch_clip_grad(self.raw_model.parameters(), tcfg.clip_grad, mode=tcfg.clip_mode)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.global_step += 1
+            step_in_epoch += 1
+            if self.ema is not None:
+                self.ema.update(self.raw_model, step=self.global_step)
+            if self.scheduler is not None:
+                self.scheduler.step_update(num_updates=self.global_step)
+
+            # one host sync per update (not per micro-batch)
+            step_loss = loss_acc.item()
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(
+                    f"training loss is {step_loss} at epoch {epoch + 1}, step {step_in_epoch}: lower optim.lr, "
+                    "set trainer.clip_grad, or check the data for NaN/inf")
+            sums["loss"] += step_loss
+            sums["samples"] += samples_acc
+            window_loss += step_loss
+            window_n += samples_acc
+            window_samples += samples_acc
+            epoch_samples += samples_acc
+            loss_acc.zero_()
+            samples_acc = 0
+
+            if tcfg.ckpt_every_steps and self.global_step % tcfg.ckpt_every_steps == 0 \
+                    and step_in_epoch < updates_per_epoch:
+                self.save(epoch, step_in_epoch, dict(sums), is_best=False)
+            if tcfg.abort_at_step is not None and self.global_step >= tcfg.abort_at_step:
+                raise _Aborted()
+            log_now = tcfg.log_every and step_in_epoch % tcfg.log_every == 0
+            if self.show_bar or log_now:
+                elapsed = time.perf_counter() - window_t0
+                info = {"loss": window_loss / max(window_n, 1), "lr": self._lr(),
+                        f"{self.sample_name}/s": window_samples * self.env.world_size / max(elapsed, 1e-9)}
+                if self.show_bar:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
+                if log_now and not self.show_bar:
+                    log.info("epoch %d step %d/%d | %s", epoch + 1, step_in_epoch, updates_per_epoch,
+                             format_metrics(info))
+                if log_now:
+                    window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+            if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
+                break
+        bar.close()
+        elapsed = time.perf_counter() - epoch_t0
+        reduced = all_reduce_sum({k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}, self.env)
+        stats: dict[str, Any] = {
+            "lr": self._lr(),
+            "train/loss": float(reduced["loss"] / max(reduced["samples"], 1)),
+            f"train/{self.sample_name}_per_s": epoch_samples * self.env.world_size / max(elapsed, 1e-9),
+            "time_s": elapsed,
+        }
+        return stats, step_in_epoch, sums
+
+    def _lr(self) -> float:
+        return max(g["lr"] for g in self.optimizer.param_groups)

@@ -1,0 +1,134 @@
+"""Two-tower document matching (LRA byte-level retrieval).
+
+One shared document encoder reads both documents of a pair and pools each into a vector; the
+head classifies the pair from ``[u, v, u * v, u - v]``. Any module mapping
+``(input_ids (B, N), token_mask (B, N)) -> (B, dim)`` can be the document encoder:
+:class:`BiXTDocumentEncoder` here, or the full-attention baseline in
+``bixt.baselines.transformer``.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from bixt.core import BiXTEncoder
+from bixt.tokenizers.text import PAD_ID, ByteEmbedding
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class RetrievalHead(nn.Module):
+    """Classifies a pair of pooled document vectors from ``[u, v, u * v, u - v]``.
+
+    The default hidden widths (512, 256) with ReLU follow the LRA matching head.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int = 2,
+        hidden_dims: Sequence[int] = (512, 256),
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_classes = num_classes
+        layers: list[nn.Module] = []
+        width = 4 * dim
+        for hidden in hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(drop_rate)]
+            width = hidden
+        layers.append(nn.Linear(width, num_classes))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if u.shape != v.shape or u.dim() != 2 or u.shape[1] != self.dim:
+            raise ValueError(
+                f"expected two pooled document vectors of shape (batch, {self.dim}), got {tuple(u.shape)} "
+                f"and {tuple(v.shape)}"
+            )
+        return self.mlp(torch.cat([u, v, u * v, u - v], dim=-1))
+
+
+class BiXTDocumentEncoder(nn.Module):
+    """Byte ids -> pooled document vector with BiXT: embed, encode, mean over latents, LayerNorm.
+
+    ``token_dim`` (default ``dim``) sets the byte-token width separately from the latent width:
+    the token side is where the cost grows with the document length.
+    The last layer is one-sided by default: only the pooled latents are used, so refining the
+    tokens once more would be wasted work.
+    """
+
+    def __init__(
+        self,
+        dim: int = 128,
+        depth: int = 4,
+        num_latents: int = 32,
+        num_heads: int = 4,
+        token_dim: Optional[int] = None,
+        mlp_ratio: float = 4.0,
+        token_mlp_ratio: Optional[float] = None,
+        max_len: int = 4000,
+        pos_embed: str = "sinusoidal",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        update_tokens_last: bool = False,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.embed = ByteEmbedding(token_dim or dim, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
+        self.encoder = BiXTEncoder(
+            dim=dim, depth=depth, num_latents=num_latents, num_heads=num_heads, token_dim=token_dim,
+            mlp_ratio=mlp_ratio,
+            token_mlp_ratio=token_mlp_ratio, drop_path_rate=drop_path_rate,
+            update_tokens_last=update_tokens_last, grad_checkpointing=grad_checkpointing,
+        )
+        self.norm = LayerNorm(dim)
+
+    def forward(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        latents, _ = self.encoder(self.embed(input_ids), token_mask=token_mask)
+        return self.norm(latents.mean(dim=1))
+
+
+class DualEncoderRetriever(nn.Module):
+    """Shared document encoder over both documents of a pair, then :class:`RetrievalHead`.
+
+    Both documents go through the encoder as one batch of 2B sequences (padded to the longer of
+    the two), which is one encoder call instead of two and identical in result.
+    """
+
+    def __init__(self, document_encoder: nn.Module, head: RetrievalHead) -> None:
+        super().__init__()
+        self.document_encoder = document_encoder
+        self.head = head
+
+    def encode(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pooled vectors (B, dim) of a batch of documents."""
+        return self.document_encoder(input_ids, token_mask)
+
+    def forward(
+        self,
+        input_ids1: torch.Tensor,
+        token_mask1: torch.Tensor,
+        input_ids2: torch.Tensor,
+        token_mask2: torch.Tensor,
+    ) -> torch.Tensor:
+        if input_ids1.shape[0] != input_ids2.shape[0]:
+            raise ValueError(
+                f"both documents of a pair need the same batch size, got {input_ids1.shape[0]} and {input_ids2.shape[0]}"
+            )
+        length = max(input_ids1.shape[1], input_ids2.shape[1])
+        input_ids = torch.cat([_pad_to(input_ids1, length, PAD_ID), _pad_to(input_ids2, length, PAD_ID)])
+        token_mask = torch.cat([_pad_to(token_mask1, length, False), _pad_to(token_mask2, length, False)])
+        u, v = self.encode(input_ids, token_mask).chunk(2)
+        return self.head(u, v)
+
+
+def _pad_to(x: torch.Tensor, length: int, value) -> torch.Tensor:
+    if x.shape[1] == length:
+        return x
+    return torch.nn.functional.pad(x, (0, length - x.shape[1]), value=value)

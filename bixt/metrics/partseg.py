@@ -1,0 +1,129 @@
+"""Part-segmentation metrics under the standard ShapeNetPart protocol.
+
+Per shape: predictions are restricted to the parts of the shape's category (argmax over those
+logits only); the shape IoU is the mean over *all* parts of its category of
+|pred ∩ truth| / |pred ∪ truth|, where a part absent from both prediction and truth counts 1.0.
+Instance mIoU averages shape IoUs over all shapes; class mIoU averages the per-category means.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+__all__ = [
+    "make_part_mask",
+    "restricted_argmax",
+    "shape_ious",
+    "PartSegEvaluator",
+    "format_category_table",
+]
+
+
+def make_part_mask(seg_classes: Sequence[Sequence[int]], num_classes: Optional[int] = None) -> torch.Tensor:
+    """(num_categories, num_classes) bool: which global part labels belong to each category."""
+    num_classes = num_classes or 1 + max(max(parts) for parts in seg_classes)
+    mask = torch.zeros(len(seg_classes), num_classes, dtype=torch.bool)
+    for category, parts in enumerate(seg_classes):
+        mask[category, list(parts)] = True
+    return mask
+
+
+def restricted_argmax(logits: torch.Tensor, category: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
+    """Argmax over the parts of each cloud's category only: logits (B, N, C), category (B,) -> (B, N)."""
+    allowed = part_mask.to(logits.device)[category]  # (B, C)
+    return logits.masked_fill(~allowed.unsqueeze(1), float("-inf")).argmax(dim=-1)
+
+
+def shape_ious(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    category: torch.Tensor,
+    part_mask: torch.Tensor,
+    point_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Per-shape mean IoU over the parts of its category: pred/target (B, N) global labels -> (B,) float64.
+
+    A part that neither the prediction nor the ground truth contains counts as IoU 1.0.
+    Padded points (``point_mask`` False) are ignored.
+    """
+    batch, num_classes = pred.shape[0], part_mask.shape[1]
+    valid = torch.ones_like(target, dtype=torch.bool) if point_mask is None else point_mask
+    # Per-(shape, part) point counts via one bincount over shape-offset labels.
+    offset = torch.arange(batch, device=pred.device).unsqueeze(1) * num_classes
+
+    def count(labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        flat = (labels + offset)[keep]
+        return torch.bincount(flat, minlength=batch * num_classes).view(batch, num_classes).double()
+
+    intersection = count(target, valid & (pred == target))
+    union = count(pred, valid) + count(target, valid) - intersection
+    iou = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+    parts = part_mask.to(iou.device)[category]  # (B, C)
+    return (iou * parts).sum(dim=1) / parts.sum(dim=1)
+
+
+class PartSegEvaluator:
+    """Accumulates instance / class mIoU (engine ``Evaluator`` protocol).
+
+    ``update(logits, batch)`` reads ``batch["labels"]`` (B, N), ``batch["category"]`` (B,) and
+    optionally ``batch["point_mask"]`` (B, N). The state is per-category sums, so it reduces across
+    DDP ranks by summation.
+    """
+
+    def __init__(self, part_mask: torch.Tensor, category_names: Optional[Sequence[str]] = None) -> None:
+        self.part_mask = part_mask.bool()
+        self.category_names = list(category_names) if category_names is not None else [
+            str(i) for i in range(part_mask.shape[0])
+        ]
+        num_categories = part_mask.shape[0]
+        self.iou_sum = torch.zeros(num_categories, dtype=torch.float64)
+        self.shape_count = torch.zeros(num_categories, dtype=torch.float64)
+        self.correct = torch.zeros((), dtype=torch.float64)
+        self.points = torch.zeros((), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        target, category = batch["labels"], batch["category"]
+        point_mask = batch.get("point_mask")
+        pred = restricted_argmax(outputs.float(), category, self.part_mask)
+        ious = shape_ious(pred, target, category, self.part_mask, point_mask).cpu()
+        category = category.cpu()
+        self.iou_sum.index_add_(0, category, ious)
+        self.shape_count.index_add_(0, category, torch.ones_like(ious))
+        valid = torch.ones_like(target, dtype=torch.bool) if point_mask is None else point_mask
+        self.correct += ((pred == target) & valid).sum().cpu().double()
+        self.points += valid.sum().cpu().double()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"iou_sum": self.iou_sum, "shape_count": self.shape_count, "correct": self.correct,
+                "points": self.points}
+
+    def compute(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        iou_sum, count = state["iou_sum"].double().cpu(), state["shape_count"].double().cpu()
+        seen = count > 0
+        per_category = iou_sum[seen] / count[seen]
+        metrics = {
+            "instance_miou": float(iou_sum.sum() / count.sum().clamp_min(1)),
+            "class_miou": float(per_category.mean()) if bool(seen.any()) else 0.0,
+            "point_accuracy": float(state["correct"] / state["points"].clamp_min(1)),
+        }
+        for i, name in enumerate(self.category_names):
+            if seen[i]:
+                metrics[f"iou/{name}"] = float(iou_sum[i] / count[i])
+        return metrics
+
+
+def format_category_table(metrics: Mapping[str, float], category_names: Sequence[str],
+                          shape_counts: Optional[Sequence[int]] = None) -> str:
+    """A plain-text table: one row per category with its mIoU, then instance and class mIoU."""
+    width = max([len(n) for n in category_names] + [len("instance mIoU")])
+    lines = [f"{'category':<{width}}  {'mIoU':>6}" + ("  shapes" if shape_counts is not None else "")]
+    for i, name in enumerate(category_names):
+        value = metrics.get(f"iou/{name}")
+        cell = f"{100 * value:6.2f}" if value is not None else f"{'-':>6}"
+        count = f"  {shape_counts[i]:>6}" if shape_counts is not None else ""
+        lines.append(f"{name:<{width}}  {cell}{count}")
+    lines.append(f"{'class mIoU':<{width}}  {100 * metrics['class_miou']:6.2f}")
+    lines.append(f"{'instance mIoU':<{width}}  {100 * metrics['instance_miou']:6.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""``python -m bixt.tasks.imagenet``: train or evaluate BiXT image classifiers.
+
+With no arguments it trains a tiny BiXT on the embedded shapes data (no files, no network).
+``--help`` lists the config groups and common overrides; configs live in ``configs/imagenet``.
+
+    python -m bixt.tasks.imagenet                                        # embedded default
+    python -m bixt.tasks.imagenet data=folder data.root=DIR              # DIR/train/<class>/*, DIR/val/<class>/*
+    python -m bixt.tasks.imagenet experiment=bixt_ti_l64_p16_in1k data.root=/data/imagenet
+    python -m bixt.tasks.imagenet eval_only=true model=bixt_ti_l64_p16 data=folder data.root=... model.checkpoint=PATH
+    torchrun --nproc_per_node=8 -m bixt.tasks.imagenet experiment=...    # DDP
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import hydra
+import timm
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import bixt  # noqa: F401  (registers the BiXT models with timm)
+from bixt.data.images import BadImageError, build_image_datasets
+from bixt.engine import run, seed_everything
+from bixt.engine.classification import ClassificationAdapter
+
+log = logging.getLogger("bixt.tasks.imagenet")
+
+
+def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
+    """``timm.create_model`` from the ``model`` config (``pretrained`` = backbone weights file)."""
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    if model_cfg.get("img_size") is not None:
+        kwargs["img_size"] = model_cfg.img_size
+    if model_cfg.get("drop_path_rate") is not None:
+        kwargs["drop_path_rate"] = model_cfg.drop_path_rate
+    pretrained: Optional[str] = model_cfg.get("pretrained")
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained))
+    try:
+        return timm.create_model(model_cfg.name, pretrained=bool(pretrained), num_classes=num_classes, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown model.name={model_cfg.name!r}; BiXT models: {timm.list_models('bixt*')}") from None
+        raise
+
+
+def build_adapter(cfg: DictConfig, num_classes: int) -> ClassificationAdapter:
+    mixup_cfg = cfg.data.get("mixup")
+    mixup = OmegaConf.to_container(mixup_cfg, resolve=True) if mixup_cfg is not None else {}
+    return ClassificationAdapter(num_classes, loss=cfg.loss.name, smoothing=cfg.loss.smoothing, mixup=mixup,
+                                 bce_target_thresh=cfg.loss.get("bce_target_thresh"), sample_name="img")
+
+
+def train_imagenet(cfg: DictConfig) -> dict[str, float]:
+    """Compose data, model and adapter from ``cfg`` and hand them to the engine."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"missing required config values: {missing}; set them on the command line, e.g. "
+                         f"{missing[0]}=...")
+    seed_everything(cfg.trainer.seed)
+    train_set, val_set, num_classes = build_image_datasets(cfg.data, cfg.data.img_size, eval_only=cfg.trainer.eval_only)
+    model = build_model(cfg.model, num_classes)
+    return run(cfg, model, build_adapter(cfg, num_classes), train_set, val_set)
+
+
+@hydra.main(version_base=None, config_path="../../configs/imagenet", config_name="config")
+def main(cfg: DictConfig) -> Optional[float]:
+    try:
+        metrics = train_imagenet(cfg)
+    except BadImageError as err:
+        # a clean message naming the file, not a traceback (from a DataLoader worker the message
+        # carries the worker's traceback: keep its last line)
+        raise SystemExit(f"error: {str(err).strip().splitlines()[-1]}") from None
+    return metrics.get("val/top1")
+
+
+if __name__ == "__main__":
+    main()
