@@ -169,3 +169,21 @@ def test_positional_encoding_cache_follows_weight_updates():
         second = pos(4, 4)
     torch.testing.assert_close(second, first + 1.0)
     assert pos(4, 4).requires_grad  # training path is never cached
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_inference_path_matches_plain_path(autocast):
+    from bixt.core.layers import set_fused_inference
+
+    enc = tiny(update_tokens_last=False)
+    x = torch.randn(2, 9, 32)
+    outputs = []
+    for fused in (True, False):
+        previous = set_fused_inference(fused)
+        try:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                outputs.append(enc(x)[0].float())
+        finally:
+            set_fused_inference(previous)
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(outputs[0], outputs[1], atol=tol, rtol=tol)

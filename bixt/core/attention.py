@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from bixt.core.layers import Linear
+
 ATTN_IMPLS = ("auto", "math", "sdpa")
 
 
@@ -82,12 +84,12 @@ class BiCrossAttention(nn.Module):
         self.one_sided = one_sided
         self.attn_impl = attn_impl
         if one_sided:
-            self.r_latents = nn.Linear(latent_dim, attn_dim, bias=bias)
+            self.r_latents = Linear(latent_dim, attn_dim, bias=bias)
         else:
-            self.rv_latents = nn.Linear(latent_dim, 2 * attn_dim, bias=bias)
-        self.rv_tokens = nn.Linear(token_dim, 2 * attn_dim, bias=bias)
-        self.proj_latents = nn.Linear(attn_dim, latent_dim)
-        self.proj_tokens = None if one_sided else nn.Linear(attn_dim, token_dim)
+            self.rv_latents = Linear(latent_dim, 2 * attn_dim, bias=bias)
+        self.rv_tokens = Linear(token_dim, 2 * attn_dim, bias=bias)
+        self.proj_latents = Linear(attn_dim, latent_dim)
+        self.proj_tokens = None if one_sided else Linear(attn_dim, token_dim)
 
     def _impl(self, need_maps: bool) -> str:
         if need_maps:

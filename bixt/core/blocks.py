@@ -1,25 +1,15 @@
 """One BiXT layer: bi-directional cross-attention between latents and tokens, then latent self-attention."""
 from __future__ import annotations
 
-from functools import partial
 from typing import Optional
 
 import torch
-from timm.layers import DropPath, LayerScale, Mlp
-from timm.models.vision_transformer import Block as SelfAttentionBlock
 from torch import nn
 
 from bixt.core.attention import BiCrossAttention
-
-LayerNorm = partial(nn.LayerNorm, eps=1e-6)
-
-
-def _scale(dim: int, init_values: Optional[float]) -> nn.Module:
-    return LayerScale(dim, init_values) if init_values else nn.Identity()
-
-
-def _drop(rate: float) -> nn.Module:
-    return DropPath(rate) if rate > 0.0 else nn.Identity()
+from bixt.core.layers import LayerNorm, Mlp, SelfAttentionBlock
+from bixt.core.layers import drop_path_or_identity as _drop
+from bixt.core.layers import layer_scale as _scale
 
 
 class CrossBlock(nn.Module):
@@ -99,7 +89,7 @@ class BiXTLayer(nn.Module):
         )
         self.latent_attn = SelfAttentionBlock(
             latent_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
-            drop_path=drop_path, norm_layer=LayerNorm,
+            drop_path=drop_path,
         )
 
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor, token_mask=None, return_attention: bool = False):

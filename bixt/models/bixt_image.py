@@ -20,7 +20,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from bixt.checkpoint import load_checkpoint
-from bixt.core.blocks import LayerNorm
+from bixt.core.layers import LayerNorm
 from bixt.core.encoder import BiXTEncoder
 from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer
 
