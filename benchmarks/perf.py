@@ -82,16 +82,20 @@ class Plan:
     fwd_batch: int = 32
     train_batch: int = 16
     compile: bool = True
-    repeats: int = 7
+    repeats: int = 5
     warmup: int = 2
     max_call_s: float = 300.0
     budget_s: float = math.inf  # no new timing round once the rounds have taken this long
+    slow_call_s: float = 20.0  # configurations slower than this per call: 1 warm-up, slow_repeats rounds
+    slow_repeats: int = 3
+    bf16_train: bool = True
     max_gflop_per_call: float = math.inf  # scaling points above this are skipped (quick mode)
     matmul_square: int = 2048
     matmul_target_gflop: float = 16.0  # each timed matmul call repeats the product up to this
     scaling: tuple[ScalingPoint, ...] = ()
     tokens_per_batch: int = 6272  # scaling batch = max(1, tokens_per_batch // tokens)
     memory: bool = True
+    memory_families: Optional[tuple[str, ...]] = None  # None: every family of the scaling sweep
     golden: Path = REPO / "tests" / "data" / "bixt_ti_l64_p16.pt"
     mode: str = "full"
 
@@ -144,10 +148,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
         bixt = Net(args.model, {"attn_impl": args.attn_impl})
         plan = Plan(model=bixt, baseline=Net("vit_tiny_patch16_224"), scaling=default_scaling(args.attn_impl))
         if args.quick:
-            # ~2.5 min on 2 busy cores: no compilation, 3 rounds, and the quadratic ViT at 12544
-            # tokens (1.6 TFLOP per image) is left out; run the full benchmark for that point.
-            plan = replace(plan, compile=False, repeats=3, warmup=1, max_call_s=60.0, budget_s=60.0,
-                           max_gflop_per_call=400.0, matmul_target_gflop=8.0, mode="quick")
+            # Under 3 min on 2 idle cores: no compilation, no bf16 train step, 2 rounds (fewer once
+            # 40 s of rounds are spent), half the scaling batch, peak memory of BiXT only, and the
+            # quadratic ViT at 12544 tokens (1.6 TFLOP per image) is left out.
+            plan = replace(plan, compile=False, bf16_train=False, repeats=2, warmup=1, max_call_s=60.0,
+                           budget_s=40.0, max_gflop_per_call=400.0, tokens_per_batch=3136,
+                           memory_families=("BiXT-Ti",),
+                           matmul_target_gflop=8.0, mode="quick")
     overrides = {k: v for k, v in dict(repeats=args.repeats, warmup=args.warmup, max_call_s=args.max_call_s,
                                        budget_s=args.budget_s).items()
                  if v is not None}
@@ -282,6 +289,8 @@ class Bench:
                 trn = torch.compile(train_model) if mode == "compiled" else train_model
                 for dtype in dtypes:
                     for task, batch in (("forward", plan.fwd_batch), ("train", plan.train_batch)):
+                        if task == "train" and dtype != "fp32" and not plan.bf16_train:
+                            continue
                         key = f"{net.label} | {task} | b{batch} | {dtype} | {mode}"
                         if task == "forward":
                             make = lambda f=fwd, x=images[batch], d=dtype: forward_fn(f, x, d)
@@ -379,8 +388,9 @@ class Bench:
             self.log("scaling: building models, counting FLOPs")
             self.setup_scaling()
         self.log(f"timing {len(self.configs)} configurations: warm-up, then {self.plan.repeats} interleaved rounds")
-        timings = interleaved_timing(self.configs, self.plan.repeats, self.plan.warmup, self.plan.max_call_s,
-                                     self.failure_prefix, self.plan.budget_s, self.log)
+        plan = self.plan
+        timings = interleaved_timing(self.configs, plan.repeats, plan.warmup, plan.max_call_s, self.failure_prefix,
+                                     plan.budget_s, plan.slow_call_s, plan.slow_repeats, self.log)
         for key, err in self.setup_errors.items():
             self.log(f"  {key}: {err}")
         for section in ("matmul", "models", "scaling"):
@@ -425,8 +435,11 @@ class Bench:
             if row.get("median_s") is None:
                 row["memory_status"] = "skipped (no forward measurement)"
                 continue
+            if self.plan.memory_families is not None and row["family"] not in self.plan.memory_families:
+                row["memory_status"] = f"skipped ({self.plan.mode})"
+                continue
             specs.append(MemorySpec(key=row["key"], model=row["model"], kwargs=row["kwargs"], img_size=row["img_size"],
-                                    batch=row["batch"], warmup=row["median_s"] < 20.0))
+                                    batch=row["batch"]))
         self.log(f"peak memory: {len(specs)} forward passes in a worker process")
         memory = measure_peak_memory(specs, threads=torch.get_num_threads(), log=self.log)
         for row in self.results["scaling"]:
@@ -571,8 +584,22 @@ def summary_block(results: dict[str, Any]) -> str:
         note = f"  [{c['note']}]" if c.get("note") and c["note"] != "ok" else ""
         lines.append(f"[{c['verdict']:<4}] {c['what']}: {_fmt_ratio(c['value'], c['name'])} "
                      f"(target {c['op']} {_fmt_ratio(c['target'], c['name'])}){note}")
+    busy = busy_warning(machine)
+    if busy:
+        lines.append(busy)
     lines.append(f"wall time {results.get('wall_s', 0):.0f} s")
     return "```\n" + "\n".join(lines) + "\n```"
+
+
+def busy_warning(machine: dict[str, Any]) -> Optional[str]:
+    """Other processes on the cores distort everything, more than proportionally with >1 thread:
+    OpenMP workers wait at every barrier for a thread that is descheduled."""
+    loads = [x for x in (machine.get("load_average") or [None])[:1] + (machine.get("load_average_end") or [None])[:1]
+             if x is not None]
+    if not loads or max(loads) < 0.5 * (machine.get("logical_cpus") or 1):
+        return None
+    return (f"WARNING: busy machine (1-min load average {' -> '.join(f'{x:.1f}' for x in loads)} on "
+            f"{machine.get('logical_cpus')} CPUs): absolute numbers and ratios are unreliable; rerun when idle")
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -625,10 +652,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output directory")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    p.add_argument("--quick", action="store_true", help="3 rounds, no torch.compile, no ViT at 12544 tokens (< 3 min)")
+    p.add_argument("--quick", action="store_true", help="2 rounds, no torch.compile / bf16 train, no ViT at 12544 tokens (< 3 min idle)")
     p.add_argument("--smoke", action="store_true", help="tiny models, seconds (for tests)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile configurations")
-    p.add_argument("--repeats", type=int, help="interleaved timing rounds (default 7, quick 3)")
+    p.add_argument("--repeats", type=int, help="interleaved timing rounds (default 5, quick 2)")
     p.add_argument("--warmup", type=int, help="warm-up calls per configuration (default 2, quick 1)")
     p.add_argument("--max-call-s", type=float, help="a configuration slower than this per call keeps 1 sample")
     p.add_argument("--budget-s", type=float, help="start no new timing round after this many seconds of rounds")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import string
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -209,15 +208,41 @@ def load_aan(
 # --------------------------------------------------------------------------------------------
 # Embedded synthetic retrieval set
 # --------------------------------------------------------------------------------------------
-def make_marker_words(num_markers: int, marker_len: int) -> list[str]:
-    """Upper-case marker words over disjoint letters (the filler text is lower case)."""
-    if num_markers * marker_len > 26:
-        raise ValueError(
-            f"{num_markers} markers of {marker_len} letters need {num_markers * marker_len} distinct upper-case "
-            "letters, only 26 exist"
-        )
-    letters = string.ascii_uppercase
-    return [letters[i * marker_len:(i + 1) * marker_len] for i in range(num_markers)]
+VOWELS = "aeiou"
+SHARED_CONSONANTS = "lnrst"
+TOPIC_CONSONANTS = "bcdfghjkmpqvwxyz"  # the other 16 consonants, split evenly among the topics
+
+
+def make_lexicons(num_topics: int, words_per_topic: int = 40, seed: int = 12345) -> tuple[list[list[str]], list[str]]:
+    """Per-topic word lists and a shared list of common words.
+
+    Topic ``m`` writes with its own consonants (``TOPIC_CONSONANTS`` split into ``num_topics``
+    groups) besides the shared ones; common words use shared letters only. A topic is therefore
+    visible in the byte statistics of the text written about it, and nowhere else.
+    """
+    if not 2 <= num_topics <= len(TOPIC_CONSONANTS) or len(TOPIC_CONSONANTS) % num_topics:
+        raise ValueError(f"num_topics must divide {len(TOPIC_CONSONANTS)} (2, 4, 8 or 16), got {num_topics}")
+    rng = np.random.default_rng(seed)
+    per_topic = len(TOPIC_CONSONANTS) // num_topics
+
+    def word(consonants: str, own: str) -> str:
+        length = int(rng.integers(2, 9))
+        letters = []
+        for i in range(length):
+            if i % 2:
+                letters.append(VOWELS[rng.integers(len(VOWELS))])
+            elif own and rng.random() < 0.7:
+                letters.append(own[rng.integers(len(own))])
+            else:
+                letters.append(consonants[rng.integers(len(consonants))])
+        return "".join(letters)
+
+    topics = []
+    for m in range(num_topics):
+        own = TOPIC_CONSONANTS[m * per_topic:(m + 1) * per_topic]
+        topics.append([word(SHARED_CONSONANTS, own) for _ in range(words_per_topic)])
+    common = [word(SHARED_CONSONANTS, "") for _ in range(2 * words_per_topic)]
+    return topics, common
 
 
 def generate_retrieval_pairs(
@@ -225,73 +250,64 @@ def generate_retrieval_pairs(
     seed: int = 0,
     min_bytes: int = 1000,
     max_bytes: int = 2000,
-    num_markers: int = 8,
-    markers_per_doc: int = 4,
-    marker_len: int = 3,
-    repeats: int = 3,
+    num_topics: int = 8,
+    topics_per_doc: int = 4,
+    topic_word_rate: float = 0.5,
     hard_negative_rate: float = 0.5,
-    vocab_size: int = 512,
 ) -> dict[str, list]:
     """A synthetic document-matching set whose label depends on the whole of both documents.
 
-    Every document is lower-case filler text (Zipf-distributed random words) split into
-    ``markers_per_doc`` equal segments; segment j carries ``repeats`` copies of one upper-case
-    marker word at random places. The document's *signature* is its set of markers, assigned to
-    segments in random order. A pair matches (label 1) iff both signatures are equal; half of
-    the negatives (``hard_negative_rate``) differ in a single marker. Because each marker lives
-    in its own segment, any window or truncation that sees a fraction f of a document sees only
-    about f of its signature, and a reader of the first half of both documents is barely better
-    than chance (see the tests); a model must read both documents in full.
+    Every document is split into ``topics_per_doc`` equal sections, each written about one topic:
+    a ``topic_word_rate`` share of its words come from that topic's lexicon (recognisable by the
+    topic's own letters, see :func:`make_lexicons`), the rest are common words. The document's
+    *signature* is its set of topics, assigned to sections in random order. A pair matches
+    (label 1) iff both signatures are equal; a ``hard_negative_rate`` share of the negatives
+    differ in a single topic. Since each topic lives in its own section, a reader that sees a
+    fraction f of a document sees about f of its signature: reading the first half of both
+    documents allows at most ~64 % accuracy with the defaults (the Bayes rate; see the tests),
+    while the whole documents determine the label exactly.
 
     Returns columns ``label`` (int), ``text1``, ``text2`` (bytes), ``signature1``, ``signature2``
-    (sorted marker ids, for inspection). Deterministic in ``seed``.
+    (sorted topic ids). Deterministic in ``seed``; the lexicons are the same for every seed.
     """
-    if markers_per_doc >= num_markers:
-        raise ValueError(f"markers_per_doc ({markers_per_doc}) must be smaller than num_markers ({num_markers})")
+    if not 0 < topics_per_doc < num_topics:
+        raise ValueError(f"topics_per_doc must be in [1, num_topics), got {topics_per_doc} with num_topics={num_topics}")
     if not 0 < min_bytes <= max_bytes:
         raise ValueError(f"need 0 < min_bytes <= max_bytes, got {min_bytes}, {max_bytes}")
     rng = np.random.default_rng(seed)
-    markers = make_marker_words(num_markers, marker_len)
-    # Fixed lexicon (same for every seed, so splits share a vocabulary) with Zipf frequencies.
-    lex_rng = np.random.default_rng(12345)
-    lexicon = [
-        "".join(lex_rng.choice(list(string.ascii_lowercase), size=lex_rng.integers(2, 9)))
-        for _ in range(vocab_size)
-    ]
-    freq = 1.0 / np.arange(1, vocab_size + 1)
-    freq /= freq.sum()
+    topic_words, common_words = make_lexicons(num_topics)
+
+    def section(topic: int, budget: int) -> str:
+        # Each word takes at most 9 bytes with its separator and at least 3: draw enough, then cut.
+        count = budget // 3 + 1
+        from_topic = rng.random(count) < topic_word_rate
+        words = np.where(
+            from_topic,
+            np.asarray(topic_words[topic], dtype=object)[rng.integers(len(topic_words[topic]), size=count)],
+            np.asarray(common_words, dtype=object)[rng.integers(len(common_words), size=count)],
+        )
+        return (" ".join(words))[: budget - 1] + " "
 
     def document(signature: np.ndarray) -> bytes:
         length = int(rng.integers(min_bytes, max_bytes + 1))
         order = rng.permutation(signature)
-        seg_len = length // len(order)
-        parts = []
-        for j, marker_id in enumerate(order):
-            budget = seg_len if j < len(order) - 1 else length - seg_len * (len(order) - 1)
-            # more words than the segment holds (each takes >= 3 bytes with its separator), then cut
-            words = [lexicon[i] for i in rng.choice(vocab_size, size=budget // 3 + 8, p=freq)]
-            ends = np.cumsum([len(w) + 1 for w in words])
-            # markers replace words well inside the budget, so the cut never clips one
-            fitting = int(np.searchsorted(ends, budget - 2 * marker_len * repeats, side="right"))
-            for slot in rng.choice(max(fitting, repeats), size=repeats, replace=False):
-                words[slot] = markers[marker_id]
-            parts.append(" ".join(words)[: budget - 1] + " ")
-        return "".join(parts).encode("ascii")
+        base = length // len(order)
+        budgets = [base] * (len(order) - 1) + [length - base * (len(order) - 1)]
+        return "".join(section(int(t), b) for t, b in zip(order, budgets)).encode("ascii")
 
     labels, texts1, texts2, sigs1, sigs2 = [], [], [], [], []
     for _ in range(num_pairs):
-        sig1 = np.sort(rng.choice(num_markers, size=markers_per_doc, replace=False))
+        sig1 = np.sort(rng.choice(num_topics, size=topics_per_doc, replace=False))
         label = int(rng.random() < 0.5)
         if label:
             sig2 = sig1.copy()
         elif rng.random() < hard_negative_rate:
             sig2 = sig1.copy()
-            outside = np.setdiff1d(np.arange(num_markers), sig1)
-            sig2[rng.integers(markers_per_doc)] = rng.choice(outside)
+            sig2[rng.integers(topics_per_doc)] = rng.choice(np.setdiff1d(np.arange(num_topics), sig1))
             sig2 = np.sort(sig2)
         else:
             while True:
-                sig2 = np.sort(rng.choice(num_markers, size=markers_per_doc, replace=False))
+                sig2 = np.sort(rng.choice(num_topics, size=topics_per_doc, replace=False))
                 if not np.array_equal(sig1, sig2):
                     break
         labels.append(label)

@@ -84,7 +84,7 @@ def _shape_masks(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor) -> torc
 
 
 def generate_shapes(num_samples: int, img_size: int = 32, seed: int = 0, num_classes: int = 10,
-                    noise: float = 0.06, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                    noise: float = 0.04, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, S, S) uint8 and balanced labels (N,), a pure function of the arguments."""
     if not 2 <= num_classes <= len(SHAPE_CLASSES):
         raise ValueError(f"num_classes must be in [2, {len(SHAPE_CLASSES)}], got {num_classes}")
@@ -99,8 +99,8 @@ def generate_shapes(num_samples: int, img_size: int = 32, seed: int = 0, num_cla
         lab = labels[start:start + chunk]
         n = len(lab)
         rand = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
-        center = (rand(n, 2) - 0.5) * 0.7
-        scale = 0.35 + 0.25 * rand(n)
+        center = (rand(n, 2) - 0.5) * 0.5
+        scale = 0.5 + 0.3 * rand(n)
         angle = rand(n) * 2 * math.pi
         dx = (x - center[:, 0, None, None]) / scale[:, None, None]
         dy = (y - center[:, 1, None, None]) / scale[:, None, None]
@@ -109,18 +109,16 @@ def generate_shapes(num_samples: int, img_size: int = 32, seed: int = 0, num_cla
         # anti-aliased shape mask
         mask = F.conv2d(_shape_masks(u, v, lab).float()[:, None], blur, padding=1)
         # colours: any foreground/background pair with enough contrast, so colour says nothing of the class
-        bg, fg = rand(n, 3), rand(n, 3)
-        close = (fg - bg).norm(dim=1) < 0.45
-        fg[close] = 1 - bg[close]
+        bg, fg = 0.45 * rand(n, 3), 0.55 + 0.45 * rand(n, 3)
         # background: colour + random linear gradient
         g_angle = rand(n) * 2 * math.pi
         grad = (torch.cos(g_angle)[:, None, None] * x + torch.sin(g_angle)[:, None, None] * y) * (0.25 * rand(n))[:, None, None]
         img = bg[:, :, None, None] + grad[:, None]
         img = img * (1 - mask) + fg[:, :, None, None] * mask
-        # distractor: a thin straight line of a random colour, behind nothing, in half the images
+        # distractor: a thin straight line of a random colour, in front, in 30 % of the images
         l_angle, l_off = rand(n) * math.pi, (rand(n) - 0.5) * 1.6
         dist = (torch.cos(l_angle)[:, None, None] * x + torch.sin(l_angle)[:, None, None] * y - l_off[:, None, None]).abs()
-        line = ((dist < 1.2 / img_size) & (rand(n) < 0.5)[:, None, None]).float()[:, None]
+        line = ((dist < 1.2 / img_size) & (rand(n) < 0.3)[:, None, None]).float()[:, None]
         img = img * (1 - line) + rand(n, 3)[:, :, None, None] * line
         img = img + noise * torch.randn(img.shape, generator=g)
         images[start:start + n] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
@@ -135,7 +133,7 @@ class ShapesDataset(Dataset):
 
     def __init__(self, num_samples: int = 20000, img_size: int = 32, seed: int = 0, num_classes: int = 10,
                  train: bool = False, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                 std: Sequence[float] = IMAGENET_DEFAULT_STD, noise: float = 0.06):
+                 std: Sequence[float] = IMAGENET_DEFAULT_STD, noise: float = 0.04):
         self.images, self.labels = generate_shapes(num_samples, img_size, seed, num_classes, noise)
         self.train = train
         self.num_classes = num_classes

@@ -430,9 +430,9 @@ def _link_raw(folder: Path, cache_root: Path) -> None:
         if link.is_symlink() and Path(os.readlink(link)) != target:
             link.unlink()
         if target.exists():
-            if not link.exists():
-                if link.is_dir():  # an empty placeholder from an earlier run
-                    link.rmdir()
+            if link.is_dir() and not link.is_symlink():  # an empty placeholder from an earlier run
+                link.rmdir()
+            if not link.is_symlink():
                 link.symlink_to(target, target_is_directory=True)
         elif not link.exists():
             link.mkdir()

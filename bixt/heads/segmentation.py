@@ -107,7 +107,10 @@ class PartSegmentationHead(nn.Module):
     ) -> torch.Tensor:
         """Returns logits (B, N, num_classes); rows of padded points are garbage and must be masked."""
         tokens = self.token_norm(tokens)
-        per_point = interpolate_to_points(tokens, centres, pos, token_mask, self.interp_k)
+        if centres is pos:  # one token per point (naive tokeniser): nothing to interpolate
+            per_point = tokens
+        else:
+            per_point = interpolate_to_points(tokens, centres, pos, token_mask, self.interp_k)
         point_inputs = pos if features is None else torch.cat([pos, features], dim=-1)
         if point_inputs.shape[-1] != self.point_features:
             raise ValueError(

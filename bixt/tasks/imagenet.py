@@ -17,6 +17,7 @@ from typing import Optional
 import hydra
 import timm
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 from torch import nn
 
 import bixt  # noqa: F401  (registers the BiXT models with timm)
@@ -52,12 +53,19 @@ def build_adapter(cfg: DictConfig, num_classes: int) -> ClassificationAdapter:
                                  bce_target_thresh=cfg.loss.get("bce_target_thresh"), sample_name="img")
 
 
+def check_required(cfg: DictConfig) -> None:
+    """Fail early, and readably, when a mandatory value (``???``, e.g. ``finetune_from``) is unset."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as err:
+        reason = str(err).splitlines()[0]
+        raise ValueError(f"a required config value is not set ({reason}); give it on the command line, "
+                         "e.g. finetune_from=PATH") from None
+
+
 def train_imagenet(cfg: DictConfig) -> dict[str, float]:
     """Compose data, model and adapter from ``cfg`` and hand them to the engine."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ValueError(f"missing required config values: {missing}; set them on the command line, e.g. "
-                         f"{missing[0]}=...")
+    check_required(cfg)
     seed_everything(cfg.trainer.seed)
     train_set, val_set, num_classes = build_image_datasets(cfg.data, cfg.data.img_size, eval_only=cfg.trainer.eval_only)
     model = build_model(cfg.model, num_classes)

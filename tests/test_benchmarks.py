@@ -1,0 +1,123 @@
+"""benchmarks/perf.py: the measurement helpers and a tiny end-to-end run (no timing assertions)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+import perf  # noqa: E402
+
+
+def test_interleaved_timing_runs_configs_in_turn_and_reports_failures():
+    calls = []
+
+    def make(name):
+        return lambda: calls.append(name)
+
+    def broken():
+        raise RuntimeError("inductor exploded\nlong traceback")
+
+    results = common.interleaved_timing(
+        {"a": make("a"), "b": make("b"), "bad": broken}, repeats=3, warmup=2,
+        failure_prefix={"bad": "compile failed"},
+    )
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3  # warm-up per config, then rounds in turn
+    assert len(results["a"].samples) == 3 and results["a"].status == "ok"
+    assert results["bad"].status == "compile failed: RuntimeError: inductor exploded"
+    assert results["bad"].samples == [] and results["bad"].median is None
+
+
+def test_interleaved_timing_marks_too_slow_and_respects_budget():
+    results = common.interleaved_timing({"slow": lambda: None}, repeats=5, max_call_s=-1.0)
+    assert results["slow"].status.startswith("too slow") and len(results["slow"].samples) == 1
+    results = common.interleaved_timing({"fast": lambda: None}, repeats=5, budget_s=-1.0)
+    assert len(results["fast"].samples) == 1  # the first round always runs
+
+
+def test_count_flops_counts_linear_and_cpu_fused_attention():
+    x = torch.randn(4, 8)
+    layer = torch.nn.Linear(8, 16)
+    assert common.count_flops(lambda: layer(x)) == 2 * 4 * 8 * 16
+    b, h, n, d = 1, 2, 16, 8
+    q = torch.randn(b, h, n, d, requires_grad=True)
+    forward = 2 * (2 * b * h * n * n * d)  # scores and weighted values
+    assert common.count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == forward
+    # forward + backward of the fused CPU kernel (PyTorch's formula recomputes the scores: 5 products)
+    assert common.count_flops(lambda: F.scaled_dot_product_attention(q, q, q).sum().backward()) == forward * 7 // 2
+
+
+def test_bixt_flops_use_one_similarity_per_layer():
+    net = perf.Net("bixt_ti_l64_p16", dict(depth=2, embed_dim=32, num_heads=2, num_latents=8, img_size=32,
+                                           attn_impl="sdpa"), 32)
+    fwd, train = perf.flops_per_image(net, 2, train=False), perf.flops_per_image(net, 2, train=True)
+    assert fwd > 0 and 2.5 * fwd < train < 3.5 * fwd
+    assert fwd == perf.flops_per_image(net.with_kwargs(attn_impl="math"), 2, train=False)
+
+
+def _row(**kw):
+    return {"role": "model", "status": "ok", **kw}
+
+
+def test_summary_checks_verdicts():
+    results = {
+        "models": [
+            _row(task="forward", dtype="fp32", mode="eager", batch=32, matmul_fraction=0.9, images_per_s=10.0),
+            _row(task="forward", dtype="bf16", mode="eager", batch=32, matmul_fraction=0.2, images_per_s=20.0),
+            _row(task="train", dtype="fp32", mode="eager", batch=16, matmul_fraction=None, images_per_s=None,
+                 status="failed: boom"),
+        ],
+        "accuracy": {"status": "ok", "features": {"max_rel_err": 0.01}},
+        "scaling": [
+            dict(family="BiXT-Ti", tokens=3136, images_per_s=30.0, peak_mb_per_image=10.0),
+            dict(family="ViT-Ti", tokens=3136, images_per_s=5.0),
+            dict(family="BiXT-Ti", tokens=12544, images_per_s=8.0, peak_mb_per_image=50.0),
+            dict(family="ViT-Ti", tokens=12544, images_per_s=None, status="skipped (quick)"),
+        ],
+    }
+    verdicts = {c["name"]: c["verdict"] for c in perf.summary_checks(results)}
+    assert verdicts == {
+        "fp32_forward_matmul_fraction": "PASS", "bf16_over_fp32_forward_speed": "FAIL",
+        "fp32_train_matmul_fraction": "N/A", "bf16_features_max_rel_err": "PASS",
+        "bixt_over_vit_speed_3136": "PASS", "bixt_over_vit_speed_12544": "N/A",
+        "bixt_memory_growth_3136_to_12544": "FAIL",
+    }
+
+
+def test_only_rejects_unknown_sections():
+    with pytest.raises(SystemExit):
+        perf.parse_args(["--only", "models,speed"])
+    assert perf.parse_args(["--only", "models"]).sections == ("models",)
+
+
+@pytest.mark.e2e
+def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
+    perf.main(["--smoke", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {"meta", "matmul", "matmul_reference", "models", "scaling", "accuracy", "summary"} <= set(data)
+    assert data["meta"]["machine"]["threads"] >= 1 and data["meta"]["mode"] == "smoke"
+    assert set(data["matmul_reference"]) == {"fp32", "bf16"}
+    for row in data["models"] + data["scaling"]:
+        assert row["status"] == "ok", row
+        assert row["images_per_s"] > 0 and row["gflops_per_image"] > 0 and row["matmul_fraction"] > 0
+    assert {(r["task"], r["dtype"]) for r in data["models"] if r["role"] == "model"} == {
+        ("forward", "fp32"), ("forward", "bf16"), ("train", "fp32"), ("train", "bf16")}
+    assert {r["role"] for r in data["models"]} == {"model", "baseline"}
+    for row in data["scaling"]:
+        assert row["memory_status"].startswith("ok") and row["peak_mb_per_image"] >= 0
+    assert data["accuracy"]["status"] == "ok"
+    assert data["accuracy"]["fp32_vs_golden_max_abs"] < 1e-4  # fp32 path reproduces the golden features
+    assert 0 < data["accuracy"]["features"]["max_rel_err"] < 0.05
+    assert {c["name"] for c in data["summary"]} == set(perf.TARGETS)
+    assert all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in data["summary"])
+    for name in ("throughput.png", "memory.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "=== bixt perf summary" in printed and "| model" in printed

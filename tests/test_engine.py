@@ -1,0 +1,280 @@
+"""The shared training engine: configs, samplers, seeding, checkpoints, resume, accumulation."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+from bixt.engine import optim_config, run, seed_everything, trainer_config
+from bixt.engine.checkpointing import atomic_save, load_training_checkpoint, resolve_resume
+from bixt.engine.classification import ClassificationAdapter, TopKEvaluator
+from bixt.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
+                                         restore_rng_state, rng_guarded)
+
+
+# ----------------------------------------------------------------------------- tiny task
+class NoisyBlobs(Dataset):
+    """2-class toy data whose samples use the global RNGs (like random augmentation does)."""
+
+    def __init__(self, n: int = 96, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = (self.x[:, 0] + 0.5 * self.x[:, 1] > 0).long()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        jitter = 0.1 * torch.randn(8) + 0.01 * float(np.random.rand()) + 0.01 * random.random()
+        return self.x[i] + jitter, self.y[i]
+
+
+def tiny_model(dropout: float = 0.1) -> nn.Module:
+    seed_everything(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(dropout), nn.Linear(16, 2))
+
+
+def make_cfg(tmp_path, **trainer):
+    base = dict(epochs=2, batch_size=8, num_workers=0, run_dir=str(tmp_path), log_every=0, progress=False)
+    base.update(trainer)
+    return OmegaConf.create({"trainer": base, "optim": {"name": "adamw", "lr": 5e-2, "warmup_epochs": 1,
+                                                        "min_lr": 1e-4}})
+
+
+def adapter():
+    return ClassificationAdapter(num_classes=2)
+
+
+def state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------- configs
+def test_unknown_trainer_key_is_an_error_listing_valid_keys():
+    cfg = OmegaConf.create({"trainer": {"epochz": 3}})
+    with pytest.raises(ValueError, match="valid keys of `trainer`.*epochs"):
+        trainer_config(cfg)
+
+
+def test_config_interpolations_resolve_against_the_whole_config():
+    cfg = OmegaConf.create({"data": {"workers": 3}, "trainer": {"num_workers": "${data.workers}"}, "optim": {}})
+    assert trainer_config(cfg).num_workers == 3
+    assert optim_config(cfg).name == "adamw"
+
+
+def test_lr_scaling_with_global_batch():
+    ocfg = optim_config(OmegaConf.create({"optim": {"lr": 2.5e-3, "lr_base_batch": 1024, "lr_scale": "sqrt"}}))
+    assert scaled_lr(ocfg, 1024) == pytest.approx(2.5e-3)
+    assert scaled_lr(ocfg, 256) == pytest.approx(2.5e-3 / 2)
+    ocfg.lr_scale = "linear"
+    assert scaled_lr(ocfg, 256) == pytest.approx(2.5e-3 / 4)
+    ocfg.lr_base_batch = None
+    assert scaled_lr(ocfg, 256) == pytest.approx(2.5e-3)
+
+
+def test_official_recipe_schedule_shape():
+    """lambc, 5 warm-up epochs from 1e-6, cosine per epoch to 1e-5 over 800 epochs."""
+    ocfg = optim_config(OmegaConf.create({"optim": {
+        "name": "lambc", "lr": 2.5e-3, "eps": 1e-8, "sched": "cosine", "sched_on_epochs": True,
+        "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5}}))
+    model = nn.Linear(4, 4)
+    opt = build_optimizer(model, ocfg, 2.5e-3)
+    assert type(opt).__name__ == "Lamb" and opt.defaults["trust_clip"] and opt.defaults["eps"] == 1e-8
+    sched = build_scheduler(opt, ocfg, epochs=800, updates_per_epoch=100)
+
+    def lr_at(epoch, step):
+        sched.step(epoch)
+        sched.step_update(step)
+        return opt.param_groups[0]["lr"]
+
+    assert lr_at(0, 0) == pytest.approx(1e-6)
+    assert lr_at(5, 500) == pytest.approx(2.5e-3, rel=1e-3)
+    assert lr_at(0, 50) == lr_at(0, 99)  # stepped per epoch: constant within an epoch
+    assert lr_at(799, 79900) == pytest.approx(1e-5, rel=0.05)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+def test_resumable_sampler_skips_exactly_the_consumed_samples():
+    data = list(range(50))
+    full = ResumableSampler(data, num_replicas=1, rank=0, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    assert sorted(i for _, i in order) == data and all(e == 2 for e, _ in order)
+    skipped = ResumableSampler(data, num_replicas=1, rank=0, seed=3)
+    skipped.set_epoch(2)
+    skipped.set_start(16)
+    assert list(skipped) == order[16:] and len(skipped) == 34
+    full.set_epoch(3)
+    assert list(full) != order  # a new permutation each epoch
+
+
+def test_two_rank_shards_cover_the_single_process_batch():
+    data = list(range(40))
+    single = ResumableSampler(data, num_replicas=1, rank=0, seed=0)
+    ranks = [ResumableSampler(data, num_replicas=2, rank=r, seed=0) for r in range(2)]
+    first_global_batch = {i for _, i in list(single)[:8]}
+    assert {i for s in ranks for _, i in list(s)[:4]} == first_global_batch
+
+
+def test_sharded_eval_sampler_counts_every_sample_once():
+    shards = [list(ShardedSampler(11, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11))
+
+
+def test_seeded_samples_do_not_depend_on_global_rng_and_leave_it_alone():
+    ds = SeededDataset(NoisyBlobs(), seed=5)
+    torch.manual_seed(1)
+    a = ds[(0, 3)][0]
+    torch.manual_seed(2)
+    np.random.seed(7)
+    b = ds[(0, 3)][0]
+    assert torch.equal(a, b)
+    assert not torch.equal(ds[(1, 3)][0], a)  # a new draw in the next epoch
+    seed_everything(11)
+    before = capture_rng_state()
+    list(rng_guarded(ds[(0, i)] for i in range(5)))
+    after = capture_rng_state()
+    assert torch.equal(before["torch"], after["torch"]) and before["python"] == after["python"]
+
+
+def test_rng_state_roundtrip_through_a_weights_only_checkpoint(tmp_path):
+    seed_everything(0)
+    saved = capture_rng_state()
+    atomic_save({"rng": saved}, tmp_path / "rng.pth")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    path = tmp_path / "last.pth"
+    atomic_save({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        atomic_save({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume(False, str(tmp_path)) is None
+    assert resolve_resume("auto", str(tmp_path)) is None
+    with pytest.raises(FileNotFoundError, match="last.pth"):
+        resolve_resume(True, str(tmp_path))
+    with pytest.raises(ValueError, match="run_dir"):
+        resolve_resume(True, None)
+    (tmp_path / "last.pth").write_bytes(b"")
+    assert resolve_resume("auto", str(tmp_path)) == tmp_path / "last.pth"
+    assert resolve_resume(str(tmp_path), None) == tmp_path / "last.pth"
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_run_trains_and_writes_the_run_directory(tmp_path):
+    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+    assert metrics["epoch"] == 5 and metrics["step"] == 5 * 12
+    assert metrics["val/top1"] > 80 and "val_ema/top1" in metrics and "best/top1" in metrics
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "last.pth", "best.pth"} <= names
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    assert records[0]["train/loss"] > records[-1]["train/loss"]
+    ckpt = load_training_checkpoint(tmp_path / "last.pth")  # weights_only=True inside
+    assert {"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(ckpt)
+    assert ckpt["epoch"] == 5 and ckpt["config"]["trainer"]["epochs"] == 5
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
+    """Stop dead mid-epoch (as if killed), resume from the last periodic checkpoint: same result."""
+    train, val = NoisyBlobs(100), NoisyBlobs(32, seed=1)
+    common = dict(epochs=3, accumulate=accumulate, ckpt_every_steps=2, ema=True)
+    run(make_cfg(tmp_path / "straight", **common), tiny_model(), adapter(), train, val)
+
+    interrupted = tmp_path / "interrupted"
+    # 12 batches of 8 per epoch; die at update 9 (epoch 2 when accumulating), after the checkpoint at 8
+    assert run(make_cfg(interrupted, abort_at_step=9, **common), tiny_model(), adapter(), train, val) == {}
+    ckpt = state(interrupted / "last.pth")
+    assert ckpt["global_step"] == 8 and ckpt["step_in_epoch"] > 0  # a mid-epoch checkpoint
+    run(make_cfg(interrupted, resume=True, **common), tiny_model(), adapter(), train, val)
+
+    a, b = state(tmp_path / "straight" / "last.pth"), state(interrupted / "last.pth")
+    for key in ("state_dict", "state_dict_ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] for r in straight] == [r["train/loss"] for r in resumed]
+    assert [r["val/top1"] for r in straight] == [r["val/top1"] for r in resumed]
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path):
+    train, val = NoisyBlobs(64), NoisyBlobs(16, seed=1)
+    sgd = {"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0, "sched": "none"}
+
+    def cfg(path, **kw):
+        c = make_cfg(path, epochs=1, max_steps=2, **kw)
+        c.optim = sgd
+        return c
+
+    run(cfg(tmp_path / "big", batch_size=16), tiny_model(0.0), adapter(), train, val)
+    run(cfg(tmp_path / "acc", batch_size=8, accumulate=2), tiny_model(0.0), adapter(), train, val)
+    a, b = state(tmp_path / "big" / "last.pth"), state(tmp_path / "acc" / "last.pth")
+    assert a["global_step"] == b["global_step"] == 2
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(tensor, b["state_dict"][name], rtol=0, atol=1e-6)
+
+
+def test_eval_only_loads_the_checkpoint_and_reports(tmp_path):
+    run(make_cfg(tmp_path / "train"), tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+    trained = json.loads((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()[-1])
+    cfg = make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "train" / "last.pth"))
+    metrics = run(cfg, tiny_model(), adapter(), None, NoisyBlobs(32, seed=1))
+    assert metrics["val/top1"] == trained["val/top1"]
+    assert not (tmp_path / "eval" / "last.pth").exists()
+
+
+def test_non_finite_loss_stops_with_advice(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="clip_grad"):
+        run(make_cfg(tmp_path), model, adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+
+
+def test_too_small_training_set_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        run(make_cfg(tmp_path, batch_size=64), tiny_model(), adapter(), NoisyBlobs(16), NoisyBlobs(8))
+
+
+# ----------------------------------------------------------------------------- classification pieces
+def test_topk_evaluator():
+    ev = TopKEvaluator(num_classes=6)
+    logits = torch.tensor([[0., 1, 2, 3, 4, 5], [5., 4, 3, 2, 1, 0]])
+    ev.update(logits, (None, torch.tensor([5, 2])))
+    ev.update(logits[:1], (None, torch.tensor([0])))
+    out = ev.compute(ev.state())
+    assert out["top1"] == pytest.approx(100 / 3) and out["top5"] == pytest.approx(200 / 3)
+    assert TopKEvaluator(num_classes=2).compute(TopKEvaluator(2).state()).keys() == {"top1", "loss"}
+
+
+def test_mixup_adapter_makes_soft_targets_and_checks_batch_size():
+    ad = ClassificationAdapter(4, loss="bce", mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0})
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    mx, my = ad.train_batch_transform((x, y))
+    assert my.shape == (4, 4) and torch.allclose(my.sum(1), torch.ones(4))
+    assert ad.loss(torch.zeros(4, 4), (mx, my)).item() == pytest.approx(np.log(2), rel=1e-4)
+    with pytest.raises(ValueError, match="even batch size"):
+        ad.train_batch_transform((x[:3], y[:3]))

@@ -1,0 +1,257 @@
+"""`python -m bixt.tasks.imagenet`: data sources, configs, checkpoints, resume after a kill, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import bixt  # noqa: F401
+from bixt.tasks.imagenet import check_required
+from bixt.data.images import (BadImageError, HFImageDataset, ImageFolderDataset, ShapesDataset,
+                              build_image_datasets, generate_shapes)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "imagenet"
+# a tiny BiXT and a tiny slice of the embedded data: each run takes seconds
+TINY = ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
+        "model.kwargs.num_latents=8", "data.train_size=128", "data.val_size=64", "trainer.batch_size=16",
+        "trainer.progress=false", "trainer.log_every=0"]
+
+
+def task(*overrides: str, cwd: Path, module: list[str] | None = None, check: bool = True,
+         timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = (module or [sys.executable, "-m"]) + ["bixt.tasks.imagenet", *overrides,
+                                               f"hydra.run.dir={cwd / 'hydra'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    import bixt.engine  # noqa: F401  (registers the trainer/optim schemas in Hydra's ConfigStore)
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+# ----------------------------------------------------------------------------- embedded data
+def test_embedded_shapes_are_deterministic_balanced_and_not_linearly_separable():
+    images, labels = generate_shapes(3500, img_size=32, seed=3)
+    assert images.dtype == torch.uint8 and images.shape == (3500, 3, 32, 32)
+    again, _ = generate_shapes(3500, img_size=32, seed=3)
+    assert torch.equal(images, again)
+    assert not torch.equal(images[:200], generate_shapes(200, img_size=32, seed=4)[0])
+    assert torch.bincount(labels).tolist() == [350] * 10
+    # ridge regression on (2x2-pooled) pixels stays far from what the small BiXT reaches (> 90 %):
+    # the classes are shapes under random pose, colour and clutter, not colours or positions
+    x = torch.nn.functional.avg_pool2d(images.float() / 255, 2).flatten(1)
+    x = torch.cat([x, torch.ones(len(x), 1)], 1)
+    targets = torch.nn.functional.one_hot(labels[:3000], 10).float()
+    w = torch.linalg.solve(x[:3000].T @ x[:3000] + 10 * torch.eye(x.shape[1]), x[:3000].T @ targets)
+    assert ((x[3000:] @ w).argmax(1) == labels[3000:]).float().mean() < 0.45
+    ds = ShapesDataset(20, img_size=32, seed=3, train=True)
+    img, label = ds[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and 0 <= label < 10
+
+
+# ----------------------------------------------------------------------------- files on disk
+def make_image_folder(root: Path, classes=("ant", "bee", "cat"), per_class: int = 6, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class if split == "train" else 2):
+                pixels = (rng.random((size, size, 3)) * 80 + 60 * c).astype(np.uint8)
+                ext = "JPEG" if i % 2 else "png"
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.{ext}")
+    return root
+
+
+def test_image_folder_reports_bad_files_by_path(tmp_path):
+    root = make_image_folder(tmp_path)
+    bad = root / "train" / "bee" / "broken.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    failing = ImageFolderDataset(root / "train", on_bad_image="fail")
+    index = [str(p) for p, _ in failing.samples].index(str(bad))
+    with pytest.raises(BadImageError, match="broken.JPEG.*on_bad_image=skip"):
+        failing[index]
+    skipping = ImageFolderDataset(root / "train", on_bad_image="skip")
+    img, label = skipping[index]
+    assert img.size == (40, 40) and skipping.skipped == 1
+    assert skipping.classes == ["ant", "bee", "cat"]
+
+
+def test_hf_dataset_from_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return {"image": [Image.fromarray((rng.random((24, 24, 3)) * 255).astype(np.uint8)) for _ in range(n)],
+                "label": [i % 3 for i in range(n)]}
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(split(6), features=features),
+                               "validation": datasets.Dataset.from_dict(split(3), features=features)})
+    dd.save_to_disk(str(tmp_path / "hf"))
+    cfg = compose("data=hf", f"data.path={tmp_path / 'hf'}", "data.img_size=32").data
+    train, val, num_classes = build_image_datasets(cfg, 32)
+    assert num_classes == 3 and len(train) == 6 and len(val) == 3
+    img, label = val[1]
+    assert img.shape == (3, 32, 32) and label == 1
+    broken = HFImageDataset(datasets.Dataset.from_dict({"image": [{"bytes": b"junk", "path": None}], "label": [0]},
+                                                       features=features), name="mini")
+    with pytest.raises(BadImageError, match=r"mini\[0\]"):
+        broken[0]
+
+
+# ----------------------------------------------------------------------------- configs
+def test_official_recipe_and_ft384_presets_compose():
+    from bixt.engine import optim_config, trainer_config
+    from bixt.engine.optim import scaled_lr
+
+    cfg = compose("experiment=bixt_ti_l64_p16_in1k", "data.root=/data/imagenet")
+    ocfg, tcfg = optim_config(cfg), trainer_config(cfg)
+    assert cfg.model.name == "bixt_ti_l64_p16" and cfg.data.source == "folder" and cfg.data.img_size == 224
+    assert (ocfg.name, ocfg.eps, ocfg.weight_decay, ocfg.min_lr, ocfg.warmup_lr) == ("lambc", 1e-8, 0.05, 1e-5, 1e-6)
+    assert ocfg.sched == "cosine" and ocfg.sched_on_epochs and ocfg.warmup_epochs == 5 and tcfg.epochs == 800
+    assert scaled_lr(ocfg, 1024) == pytest.approx(2.5e-3) and scaled_lr(ocfg, 4096) == pytest.approx(5e-3)
+    assert cfg.loss.name == "bce" and cfg.data.mixup.mixup_alpha == 0.8 and cfg.data.mixup.cutmix_alpha == 1.0
+    assert cfg.data.aug.auto_augment == "3a" and cfg.data.aug.color_jitter == 0.3 and cfg.data.aug.re_prob == 0
+    assert tcfg.clip_grad is None
+
+    ft = compose("experiment=bixt_ti_l64_p16_ft384", "data.root=/data/imagenet", "finetune_from=/w/best.pth")
+    assert ft.model.name == "bixt_ti_l64_p16_ft384" and ft.data.img_size == 384 and ft.model.drop_path_rate == 0.05
+    assert trainer_config(ft).checkpoint == "/w/best.pth" and trainer_config(ft).epochs == 30
+    assert optim_config(ft).lr == 2.5e-5 and optim_config(ft).warmup_epochs == 0
+    with pytest.raises(ValueError, match="finetune_from"):
+        check_required(compose("experiment=bixt_ti_l64_p16_ft384", "data.root=/data/imagenet"))
+
+
+@pytest.mark.e2e
+def test_help_lists_groups_and_overrides(tmp_path):
+    out = task("--help", cwd=tmp_path).stdout
+    for expected in ("model:", "data: embedded, folder, hf", "optim:", "trainer: default",
+                     "experiment: bixt_ti_l64_p16_ft384, bixt_ti_l64_p16_in1k", "eval_only=true", "torchrun"):
+        assert expected in out
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.e2e
+def test_train_then_evaluate_and_load_with_timm(tmp_path):
+    run_dir = tmp_path / "run"
+    task(*TINY, "trainer.epochs=2", f"trainer.run_dir={run_dir}", cwd=tmp_path)
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "last.pth", "best.pth"} <= {p.name for p in run_dir.iterdir()}
+    final = records(run_dir)[-1]
+    assert final["epoch"] == 2 and {"val/top1", "val/top5", "train/loss", "lr"} <= set(final)
+    assert OmegaConf.load(run_dir / "config.yaml").model.kwargs.depth == 2
+
+    # eval_only with model.checkpoint reproduces the last epoch's validation numbers
+    ckpt = run_dir / "last.pth"
+    out = task(*TINY, "eval_only=true", f"model.checkpoint={ckpt}", f"trainer.run_dir={tmp_path / 'eval'}", cwd=tmp_path)
+    evaluated = records(tmp_path / "eval")[-1]
+    assert evaluated["val/top1"] == pytest.approx(final["val/top1"]) and "val/top1" in out.stdout + out.stderr
+
+    # timm reads the checkpoint through pretrained_cfg_overlay(file=...)
+    model = timm.create_model("bixt_ti_l64_p16", pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)),
+                              num_classes=10, img_size=32, patch_size=4, depth=2, embed_dim=32, num_heads=2,
+                              num_latents=8)
+    saved = weights(ckpt)
+    for name, tensor in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
+    assert set(saved) <= set(model.state_dict())
+
+
+@pytest.mark.e2e
+def test_folder_data_trains_and_bad_images_are_named(tmp_path):
+    root = make_image_folder(tmp_path / "imagenet")
+    bad = root / "train" / "cat" / "zz_truncated.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    folder = ["data=folder", f"data.root={root}", "data.img_size=32", "data.num_workers=0", "trainer.epochs=1",
+              "trainer.batch_size=4", "trainer.progress=false", "model.kwargs.depth=2", "model.kwargs.embed_dim=32",
+              "model.kwargs.num_heads=2", "model.kwargs.num_latents=8"]
+    ok = task(*folder, "data.on_bad_image=skip", f"trainer.run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "zz_truncated.png" in ok.stdout + ok.stderr
+    final = records(tmp_path / "run")[-1]
+    assert final["epoch"] == 1 and 0 <= final["val/top1"] <= 100 and "val/top5" not in final  # 3 classes
+
+    failed = task(*folder, "data.num_workers=1", f"trainer.run_dir={tmp_path / 'fail'}", cwd=tmp_path, check=False)
+    assert failed.returncode != 0
+    assert "zz_truncated.png" in failed.stderr and "on_bad_image=skip" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+@pytest.mark.e2e
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """SIGKILL a run at an arbitrary point (after a periodic checkpoint), resume it: the final weights
+    equal those of an uninterrupted run, whatever the moment of the kill."""
+    common = [*TINY, "data.train_size=256", "trainer.batch_size=8", "trainer.epochs=3",
+              "trainer.ckpt_every_steps=1", "trainer.deterministic=true", "model.drop_path_rate=0.1"]
+    task(*common, f"trainer.run_dir={tmp_path / 'straight'}", cwd=tmp_path)
+
+    killed_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "bixt.tasks.imagenet", *common, f"trainer.run_dir={killed_dir}",
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            last = killed_dir / "last.pth"
+            if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 40:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = torch.load(killed_dir / "last.pth", weights_only=True)
+    assert killed_at["global_step"] < 3 * 32, "the run finished before it could be killed"
+
+    task(*common, "resume=true", f"trainer.run_dir={killed_dir}", cwd=tmp_path)
+    a, b = weights(tmp_path / "straight" / "last.pth"), weights(killed_dir / "last.pth")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after kill + resume"
+    assert [r["val/top1"] for r in records(tmp_path / "straight")] == [r["val/top1"] for r in records(killed_dir)]
+
+
+@pytest.mark.e2e
+def test_two_process_ddp_step_equals_single_process(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo) with 8 per process == one process with 16: same weights."""
+    common = [*TINY, "optim=sgd", "optim.lr=0.05", "trainer.max_steps=1", "trainer.deterministic=true",
+              "trainer.device=cpu"]
+    task(*common, "trainer.batch_size=16", f"trainer.run_dir={tmp_path / 'single'}", cwd=tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    task(*common, "trainer.batch_size=8", f"trainer.run_dir={tmp_path / 'ddp'}", cwd=tmp_path, module=torchrun)
+    single, ddp = (torch.load(tmp_path / d / "last.pth", weights_only=True) for d in ("single", "ddp"))
+    assert single["global_step"] == ddp["global_step"] == 1 and ddp["world_size"] == 2
+    assert single["state_dict"]["head.weight"].abs().sum() > 0  # the step did something (the head starts at 0)
+    for name, tensor in single["state_dict"].items():
+        torch.testing.assert_close(ddp["state_dict"][name], tensor, rtol=0, atol=1e-6)
+    assert len(ddp["rng"]) == 2 and not torch.equal(ddp["rng"][0]["torch"], ddp["rng"][1]["torch"])
