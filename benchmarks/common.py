@@ -184,9 +184,14 @@ def interleaved_timing(
     for r in range(repeats):
         round_start = time.perf_counter()
         for name, rounds in rounds_of.items():
-            if r < rounds:
+            if r < rounds and results[name].status == "ok":
                 start = time.perf_counter()
-                configs[name]()
+                try:
+                    configs[name]()
+                except Exception as err:  # e.g. a recompilation failing later on
+                    results[name].status = f"failed in round {r + 1}: {_short_error(err)}"
+                    log(f"  {name}: {results[name].status}")
+                    continue
                 results[name].samples.append(time.perf_counter() - start)
         now = time.perf_counter()
         log(f"  round {r + 1}/{repeats}: {now - round_start:.1f} s")

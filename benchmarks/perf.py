@@ -28,6 +28,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -94,6 +95,7 @@ class Plan:
     matmul_target_gflop: float = 16.0  # each timed matmul call repeats the product up to this
     scaling: tuple[ScalingPoint, ...] = ()
     tokens_per_batch: int = 6272  # scaling batch = max(1, tokens_per_batch // tokens)
+    threads: Optional[int] = None  # None: all available CPUs (--threads overrides)
     memory: bool = True
     memory_families: Optional[tuple[str, ...]] = None  # None: every family of the scaling sweep
     golden: Path = REPO / "tests" / "data" / "bixt_ti_l64_p16.pt"
@@ -131,6 +133,7 @@ def smoke_plan() -> Plan:
         model=Net("bixt_ti_l64_p16", tiny_bixt, 32), baseline=Net(vit, tiny_vit, 32),
         fwd_batch=4, train_batch=2, compile=False, repeats=1, warmup=1, max_call_s=30.0,
         matmul_square=128, matmul_target_gflop=0.01, tokens_per_batch=32, mode="smoke",
+        threads=1,  # tiny ops gain nothing from a second thread, and lose a lot on a busy machine
         scaling=(
             ScalingPoint("BiXT-Ti", 4, Net("bixt_ti_l64_p16", tiny_bixt, 32)),
             ScalingPoint("BiXT-Ti", 16, Net("bixt_ti_l64_p16s8", tiny_bixt, 32)),
@@ -187,7 +190,7 @@ def train_step_fn(model: torch.nn.Module, optimizer, images, targets, dtype_name
     return run
 
 
-def flops_per_image(net: Net, batch: int, train: bool) -> float:
+def flops_per_image(net: Net, batch: int, train: bool) -> Optional[float]:
     """Model FLOPs per image (forward, or forward + backward for a train step), from shapes alone.
 
     Counted on the meta device, where attention runs as plain matrix products: two per attention
@@ -205,7 +208,15 @@ def flops_per_image(net: Net, batch: int, train: bool) -> float:
         if train:
             out.float().sum().backward()
 
-    return count_flops(run) / batch
+    try:
+        return count_flops(run) / batch
+    except Exception as err:  # a model that cannot run on meta tensors: say so, don't crash
+        print(f"FLOP count of {net.label} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+
+
+def _giga(flops: Optional[float]) -> Optional[float]:
+    return None if flops is None else flops / 1e9
 
 
 def token_count(model: torch.nn.Module, img_size: int) -> Optional[int]:
@@ -280,10 +291,8 @@ class Bench:
             images = {b: torch.randn(b, 3, net.img_size, net.img_size) for b in (plan.fwd_batch, plan.train_batch)}
             targets = torch.randint(0, getattr(train_model, "num_classes", 1000), (plan.train_batch,))
             self.log(f"counting FLOPs of {net.label}")
-            gflops = {
-                "forward": flops_per_image(net, plan.fwd_batch, train=False) / 1e9,
-                "train": flops_per_image(net, plan.train_batch, train=True) / 1e9,
-            }
+            gflops = {task: _giga(flops_per_image(net, batch, train=task == "train"))
+                      for task, batch in (("forward", plan.fwd_batch), ("train", plan.train_batch))}
             for mode in modes:
                 fwd = torch.compile(fwd_model) if mode == "compiled" else fwd_model
                 trn = torch.compile(train_model) if mode == "compiled" else train_model
@@ -326,12 +335,12 @@ class Bench:
             batch = max(1, plan.tokens_per_batch // point.tokens)
             probe = net.build("meta")
             tokens = token_count(probe, net.img_size)
-            gflops = flops_per_image(net, batch, train=False) / 1e9
+            gflops = _giga(flops_per_image(net, batch, train=False))
             key = f"{net.label} | forward | b{batch} | fp32 | eager"
             row = dict(key=key, family=point.family, tokens=point.tokens, tokens_actual=tokens, model=net.model,
                        kwargs=net.kwargs, label=net.label, img_size=net.img_size, batch=batch,
                        gflops_per_image=gflops)
-            if gflops * batch > plan.max_gflop_per_call:
+            if gflops is not None and gflops * batch > plan.max_gflop_per_call:
                 row["status"] = f"skipped ({plan.mode}: {gflops * batch:,.0f} GFLOP per call > {plan.max_gflop_per_call:g})"
             else:
                 def make(n=net, b=batch):
@@ -424,10 +433,11 @@ class Bench:
             for row in self.results.get(section, []):
                 med = row.get("median_s")
                 row["images_per_s"] = row["batch"] / med if med else None
-                row["gflop_per_s"] = row["gflops_per_image"] * row["images_per_s"] if med else None
+                known = med and row["gflops_per_image"] is not None
+                row["gflop_per_s"] = row["gflops_per_image"] * row["images_per_s"] if known else None
                 dtype = row.get("dtype", "fp32")
                 row["matmul_fraction"] = (row["gflop_per_s"] / ref[dtype]["gflop_per_s"]
-                                          if med and dtype in ref else None)
+                                          if known and dtype in ref else None)
 
     def run_memory(self) -> None:
         specs = []
@@ -615,11 +625,13 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     for filename, field_name, ylabel in (("throughput.png", "images_per_s", "images / s (fp32 forward)"),
                                          ("memory.png", "peak_mb_per_image", "peak memory per image (MB)")):
         fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-        missing = []
+        missing: dict[str, list[int]] = {}
         for family in families:
             rows = sorted((r for r in scaling if r["family"] == family), key=lambda r: r["tokens"])
             pts = [(r["tokens"], r[field_name]) for r in rows if r.get(field_name)]
-            missing += [f"{family}@{r['tokens']}" for r in rows if not r.get(field_name)]
+            gaps = [r["tokens"] for r in rows if not r.get(field_name)]
+            if gaps:
+                missing[family] = gaps
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=family)
         ax.set_xscale("log")
@@ -630,14 +642,15 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         if tokens:
             ax.set_xticks(tokens, [str(t) for t in tokens])
             ax.minorticks_off()
-        title = f"{results['meta']['machine']['cpu_model']}, {results['meta']['machine']['threads']} threads"
-        ax.set_title(title, fontsize=9)
-        if missing:
-            ax.text(0.01, 0.01, "not measured: " + ", ".join(missing), transform=ax.transAxes, fontsize=7, va="bottom")
-        if families:
+        machine = results["meta"]["machine"]
+        ax.set_title(f"{machine['cpu_model']}, {machine['threads']} threads, {results['meta']['mode']} run", fontsize=9)
+        if ax.get_lines():
             ax.legend()
         ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
+        note = "; ".join(f"{fam} at {', '.join(map(str, t))}" for fam, t in missing.items())
+        fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
+        if note:
+            fig.text(0.01, 0.01, textwrap.fill("not measured: " + note, 110), fontsize=6, va="bottom")
         path = out / filename
         fig.savefig(path)
         plt.close(fig)
@@ -674,9 +687,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
-    set_threads(args.threads)
-    torch.manual_seed(args.seed)
     plan = make_plan(args)
+    set_threads(args.threads or plan.threads)
+    torch.manual_seed(args.seed)
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
     results: dict[str, Any] = {

@@ -99,7 +99,11 @@ def test_only_rejects_unknown_sections():
 
 @pytest.mark.e2e
 def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
-    perf.main(["--smoke", "--out", str(tmp_path)])
+    threads = torch.get_num_threads()
+    try:
+        perf.main(["--smoke", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # the smoke plan runs single-threaded; leave the session as found
     printed = capsys.readouterr().out
     data = json.loads((tmp_path / "results.json").read_text())
     assert {"meta", "matmul", "matmul_reference", "models", "scaling", "accuracy", "summary"} <= set(data)

@@ -93,6 +93,7 @@ class BiXTEncoder(nn.Module):
         self.token_dim = token_dim or dim
         self.attn_dim = attn_dim or dim
         self.num_latents = num_latents
+        self.update_tokens_last = update_tokens_last
         self.grad_checkpointing = grad_checkpointing
         token_drop_path_rate = drop_path_rate if token_drop_path_rate is None else token_drop_path_rate
         rates = torch.linspace(0, drop_path_rate, depth).tolist()

@@ -29,6 +29,8 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 from torch_geometric.utils import to_dense_batch
 
+from bixt.metrics.partseg import make_part_mask
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -66,10 +68,7 @@ class PartSegInfo:
     @property
     def part_mask(self) -> torch.Tensor:
         """(num_categories, num_classes) bool, True where a label belongs to the category."""
-        mask = torch.zeros(self.num_categories, self.num_classes, dtype=torch.bool)
-        for category, parts in enumerate(self.seg_classes):
-            mask[category, list(parts)] = True
-        return mask
+        return make_part_mask(self.seg_classes, self.num_classes)
 
     def subset(self, names: Sequence[str]) -> "PartSegInfo":
         index = {n: i for i, n in enumerate(self.category_names)}
@@ -487,6 +486,8 @@ def load_shapenetpart(
             f"{len(names)}; the data changed since it was processed: delete the cache folder or set "
             "data.force_reload=true"
         )
+    log.info("ShapeNetPart %s: %d shapes of %d categories (processed cache %s)", split, len(dataset),
+             len(categories), cache_root)
     return dataset, names, SHAPENET_INFO.subset(categories)
 
 

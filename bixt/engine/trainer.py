@@ -8,7 +8,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -113,6 +112,8 @@ class _Engine:
             log.setLevel(logging.WARNING)
 
     def _setup_backends(self) -> None:
+        if self.tcfg.threads:
+            torch.set_num_threads(self.tcfg.threads)
         if self.tcfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -184,7 +185,9 @@ class _Engine:
         was_training = model.training
         model.eval()
         evaluator = self.adapter.make_evaluator()
-        for batch in progress_bar(loader, total=len(loader), initial=0, desc=desc, enabled=self.show_bar):
+        # loading must not move the training-time random stream (whatever the number of workers)
+        batches = rng_guarded(loader) if self.tcfg.num_workers == 0 else loader
+        for batch in progress_bar(batches, total=len(loader), initial=0, desc=desc, enabled=self.show_bar):
             batch = self._to_device(batch)
             with self._autocast():
                 outputs = self.adapter.forward(model, batch)
@@ -275,6 +278,8 @@ class _Engine:
             raise TypeError("train_set must be a map-style dataset (with __len__ and __getitem__)")
         if tcfg.accumulate < 1:
             raise ValueError(f"trainer.accumulate must be >= 1, got {tcfg.accumulate}")
+        if tcfg.test_with not in ("best", "last"):
+            raise ValueError(f"trainer.test_with must be 'best' or 'last', got {tcfg.test_with!r}")
         sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=tcfg.seed)
         train_loader = self._loader(SeededDataset(train_set, tcfg.seed), tcfg.batch_size, sampler,
                                     drop_last=True, seed=tcfg.seed + env.rank)
@@ -303,6 +308,8 @@ class _Engine:
                  f"{n_params:,}", len(train_set), len(val_set), self.sample_name, global_batch, lr, updates_per_epoch)
 
         record: dict[str, Any] = {}
+        if start_epoch >= tcfg.epochs:
+            log.info("the resumed run already finished its %d epochs; raise trainer.epochs to train on", tcfg.epochs)
         for epoch in range(start_epoch, tcfg.epochs):
             if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
                 break
@@ -367,17 +374,24 @@ class _Engine:
     def train_epoch(self, loader: DataLoader, epoch: int, skip_steps: int, batches_per_epoch: int,
                     updates_per_epoch: int, resumed_sums: Optional[dict[str, float]]
                     ) -> tuple[dict[str, Any], int, dict[str, float]]:
+        """One (possibly resumed, possibly truncated by max_steps) epoch; returns the epoch's stats,
+        the optimizer steps done in it and its running sums (for a mid-epoch checkpoint)."""
         tcfg, acc = self.tcfg, self.tcfg.accumulate
         self.train_model.train()
         if self.scheduler is not None:
             self.scheduler.step(epoch)
             self.scheduler.step_update(num_updates=self.global_step)
-        # sums over the epoch, carried through a mid-epoch checkpoint so a resumed epoch reports the same
-        sums = {"loss": 0.0, "samples": 0.0, **(resumed_sums or {})}
-        loss_acc = torch.zeros((), device=self.device)
-        samples_acc = 0
-        window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
-        epoch_t0, epoch_samples = time.perf_counter(), 0
+        # Running sums stay on the device; reading them back (a host sync) happens only every
+        # `sync_every` updates on accelerators, every update on CPU where it is free. The sums are
+        # carried through mid-epoch checkpoints so a resumed epoch reports what the straight one does.
+        resumed_sums = resumed_sums or {}
+        sums_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        loss_sum = torch.tensor(resumed_sums.get("loss", 0.0), dtype=sums_dtype, device=self.device)
+        epoch_n = int(resumed_sums.get("samples", 0))
+        window_loss = torch.zeros((), dtype=sums_dtype, device=self.device)
+        window_n, window_t0 = 0, time.perf_counter()
+        sync_every = 1 if self.device.type == "cpu" else 10
+        epoch_t0, samples_seen = time.perf_counter(), 0
         step_in_epoch = skip_steps
         first = skip_steps * acc
         # main-process loading seeds the global RNGs per sample: shield the training stream from it
@@ -387,7 +401,7 @@ class _Engine:
         train_hook = getattr(self.adapter, "train_batch_transform", None)
         for batch_idx, batch in enumerate(bar, start=first):
             group_start = (batch_idx // acc) * acc
-            group_len = min(acc, batches_per_epoch - group_start)
+            group_len = min(acc, batches_per_epoch - group_start)  # the last group of an epoch may be short
             is_update = batch_idx + 1 == group_start + group_len
             batch = self._to_device(batch)
             if train_hook is not None:
@@ -399,8 +413,12 @@ class _Engine:
                     loss = self.adapter.loss(outputs, batch)
                 self.scaler.scale(loss / group_len).backward()
             n = self.adapter.batch_size(batch)
-            loss_acc += loss.detach().float() * n
-            samples_acc += n
+            weighted = loss.detach().to(sums_dtype) * n
+            loss_sum += weighted
+            window_loss += weighted
+            epoch_n += n
+            window_n += n
+            samples_seen += n
             if not is_update:
                 continue
 
@@ -417,47 +435,43 @@ class _Engine:
             if self.scheduler is not None:
                 self.scheduler.step_update(num_updates=self.global_step)
 
-            # one host sync per update (not per micro-batch)
-            step_loss = loss_acc.item()
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(
-                    f"training loss is {step_loss} at epoch {epoch + 1}, step {step_in_epoch}: lower optim.lr, "
-                    "set trainer.clip_grad, or check the data for NaN/inf")
-            sums["loss"] += step_loss
-            sums["samples"] += samples_acc
-            window_loss += step_loss
-            window_n += samples_acc
-            window_samples += samples_acc
-            epoch_samples += samples_acc
-            loss_acc.zero_()
-            samples_acc = 0
-
-            if tcfg.ckpt_every_steps and self.global_step % tcfg.ckpt_every_steps == 0 \
-                    and step_in_epoch < updates_per_epoch:
-                self.save(epoch, step_in_epoch, dict(sums), is_best=False)
-            if tcfg.abort_at_step is not None and self.global_step >= tcfg.abort_at_step:
-                raise _Aborted()
-            log_now = tcfg.log_every and step_in_epoch % tcfg.log_every == 0
-            if self.show_bar or log_now:
+            save_now = bool(tcfg.ckpt_every_steps) and self.global_step % tcfg.ckpt_every_steps == 0 \
+                and step_in_epoch < updates_per_epoch
+            log_now = bool(tcfg.log_every) and step_in_epoch % tcfg.log_every == 0
+            if log_now or save_now or step_in_epoch % sync_every == 0:
+                window_avg = window_loss.item() / max(window_n, 1)
+                if not math.isfinite(window_avg):
+                    raise FloatingPointError(
+                        f"training loss is {window_avg} at epoch {epoch + 1}, step {step_in_epoch}: lower optim.lr, "
+                        "set trainer.clip_grad, or check the data for NaN/inf")
                 elapsed = time.perf_counter() - window_t0
-                info = {"loss": window_loss / max(window_n, 1), "lr": self._lr(),
-                        f"{self.sample_name}/s": window_samples * self.env.world_size / max(elapsed, 1e-9)}
+                info = {"loss": window_avg, "lr": self._lr(),
+                        f"{self.sample_name}/s": window_n * self.env.world_size / max(elapsed, 1e-9)}
                 if self.show_bar:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
-                if log_now and not self.show_bar:
+                elif log_now:
                     log.info("epoch %d step %d/%d | %s", epoch + 1, step_in_epoch, updates_per_epoch,
                              format_metrics(info))
-                if log_now:
-                    window_loss, window_n, window_t0, window_samples = 0.0, 0, time.perf_counter(), 0
+                if log_now or self.show_bar:
+                    window_loss.zero_()
+                    window_n, window_t0 = 0, time.perf_counter()
+            if save_now:
+                self.save(epoch, step_in_epoch, {"loss": loss_sum.item(), "samples": epoch_n}, is_best=False)
+            if tcfg.abort_at_step is not None and self.global_step >= tcfg.abort_at_step:
+                raise _Aborted()
             if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
                 break
         bar.close()
         elapsed = time.perf_counter() - epoch_t0
-        reduced = all_reduce_sum({k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}, self.env)
+        sums = {"loss": loss_sum.item(), "samples": epoch_n}
+        if not math.isfinite(sums["loss"]):
+            raise FloatingPointError(f"training loss is {sums['loss']} in epoch {epoch + 1}: lower optim.lr, "
+                                     "set trainer.clip_grad, or check the data for NaN/inf")
+        reduced = all_reduce_sum({k: torch.tensor(float(v), dtype=torch.float64) for k, v in sums.items()}, self.env)
         stats: dict[str, Any] = {
             "lr": self._lr(),
-            "train/loss": float(reduced["loss"] / max(reduced["samples"], 1)),
-            f"train/{self.sample_name}_per_s": epoch_samples * self.env.world_size / max(elapsed, 1e-9),
+            "train/loss": float(reduced["loss"] / max(float(reduced["samples"]), 1.0)),
+            f"train/{self.sample_name}_per_s": samples_seen * self.env.world_size / max(elapsed, 1e-9),
             "time_s": elapsed,
         }
         return stats, step_in_epoch, sums

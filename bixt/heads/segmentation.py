@@ -140,8 +140,7 @@ class PointSegmenter(nn.Module):
 
     def __init__(self, tokenizer: nn.Module, encoder: nn.Module, head: PartSegmentationHead) -> None:
         super().__init__()
-        last = getattr(encoder, "blocks", [None])[-1]
-        if getattr(getattr(last, "cross", last), "one_sided", False) or getattr(last, "one_sided", False):
+        if not getattr(encoder, "update_tokens_last", True):
             raise ValueError(
                 "the encoder's last layer does not refine the tokens (one-sided); build it with "
                 "update_tokens_last=True for dense prediction"

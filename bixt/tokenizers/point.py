@@ -206,7 +206,7 @@ class PointGroupTokenizer(nn.Module):
         num_groups: number of centres G (every cloud needs at least G real points).
         group_size: neighbours k per group.
         in_features: extra per-point feature channels (0 for xyz only, 3 with normals).
-        hidden: width of the first PointNet stage (the second runs at ``2 * hidden``).
+        hidden: width of the first PointNet stage (it outputs ``2 * hidden``, the second runs at ``4 * hidden``).
         random_start: random (instead of first-point) FPS start while training.
     """
 

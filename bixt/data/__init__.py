@@ -1,0 +1,1 @@
+"""Data sets: real formats and the embedded generated defaults."""

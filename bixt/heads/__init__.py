@@ -1,0 +1,1 @@
+"""Task heads: classification, dense segmentation, retrieval."""

@@ -1,0 +1,1 @@
+"""Task metrics (part segmentation: instance / class mIoU under the ShapeNetPart protocol)."""
