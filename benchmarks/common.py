@@ -147,10 +147,9 @@ def interleaved_timing(
 
     - A configuration whose first call raises gets ``status="<prefix>: <error>"`` (prefix from
       ``failure_prefix``, e.g. "compile failed", else "failed") and is dropped.
-    - One whose first call takes longer than ``max_call_s`` keeps that call as its only sample and
-      is marked "too slow".
-    - One whose first call takes longer than ``slow_call_s`` gets a single warm-up call and takes
-      part in the first ``slow_repeats`` rounds only.
+    - One whose last warm-up call takes longer than ``max_call_s`` keeps that call as its only
+      sample and is marked "too slow"; one slower than ``slow_call_s`` takes part in the first
+      ``slow_repeats`` rounds only. (The first call may include compilation.)
     - After the first round, no new round starts once the rounds have used up ``budget_s``.
     """
     results = {name: TimingResult() for name in configs}
@@ -167,19 +166,17 @@ def interleaved_timing(
                 log(f"  {name}: {res.status}")
                 break
             elapsed = time.perf_counter() - start
+            log(f"  warm-up {i + 1} {name}: {elapsed:.2f} s")
             if i == 0:
                 res.first_call_s = elapsed
-                log(f"  warm-up {name}: {elapsed:.2f} s")
+        else:
+            # Judged on the last warm-up call: first calls include compilation and one-time set-up.
             if elapsed > max_call_s:
                 res.samples = [elapsed]
                 res.status = f"too slow ({elapsed:.1f} s/call > {max_call_s:g} s): 1 sample"
                 log(f"  {name}: {res.status}")
-                break
-            if elapsed > slow_call_s:
-                rounds_of[name] = min(repeats, slow_repeats)
-                break
-        else:
-            rounds_of[name] = repeats
+            else:
+                rounds_of[name] = min(repeats, slow_repeats) if elapsed > slow_call_s else repeats
     rounds_start = time.perf_counter()
     for r in range(repeats):
         round_start = time.perf_counter()

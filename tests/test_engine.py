@@ -220,6 +220,16 @@ def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
     assert [r["val/top1"] for r in straight] == [r["val/top1"] for r in resumed]
 
 
+def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path):
+    """Per-sample seeding + shielding the training RNG from main-process loading (train and eval)."""
+    for workers in (0, 2):
+        run(make_cfg(tmp_path / f"w{workers}", epochs=2, num_workers=workers), tiny_model(), adapter(),
+            NoisyBlobs(), NoisyBlobs(32, seed=1))
+    a, b = state(tmp_path / "w0" / "last.pth"), state(tmp_path / "w2" / "last.pth")
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+
+
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     train, val = NoisyBlobs(64), NoisyBlobs(16, seed=1)
     sgd = {"name": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 0.0, "sched": "none"}
@@ -257,6 +267,25 @@ def test_non_finite_loss_stops_with_advice(tmp_path):
 def test_too_small_training_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one global batch"):
         run(make_cfg(tmp_path, batch_size=64), tiny_model(), adapter(), NoisyBlobs(16), NoisyBlobs(8))
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    cfg = make_cfg(tmp_path, epochs=1, max_steps=1, clip_grad=1e-3)
+    cfg.optim = {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "sched": "none", "kwargs": {"nesterov": False}}
+    before = [p.detach().clone() for p in tiny_model().parameters()]
+    run(cfg, tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(8))
+    after = state(tmp_path / "last.pth")["state_dict"].values()
+    step = torch.cat([(a - b).flatten() for a, b in zip(after, before)])
+    assert 0 < step.norm() <= 0.5 * 1e-3 * (1 + 1e-4)
+
+
+def test_progress_bar_only_on_rank_zero_and_terminals(monkeypatch):
+    from bixt.engine.reporting import show_progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    assert not show_progress(None, is_main=True)
+    assert not show_progress(True, is_main=False)
+    assert show_progress(True, is_main=True)
 
 
 # ----------------------------------------------------------------------------- classification pieces

@@ -70,8 +70,8 @@ def _shape_mask(c: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if name == "two_dots":
         return torch.minimum((u - 0.5) ** 2 + v ** 2, (u + 0.5) ** 2 + v ** 2) <= 0.35 ** 2
     if name == "ellipse":
-        return (u / 0.95) ** 2 + (v / 0.45) ** 2 <= 1
-    return (rho <= 0.9) & (v >= -0.15)  # half disk
+        return (u / 0.95) ** 2 + (v / 0.4) ** 2 <= 1
+    return (rho <= 0.95) & (v >= 0.0)  # half disk: a flat side through the centre
 
 
 def _shape_masks(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,13 @@ class RetrievalHead(nn.Module):
 
 
 class BiXTDocumentEncoder(nn.Module):
-    """Byte ids -> pooled document vector with BiXT: embed, encode, mean over latents, LayerNorm.
+    """Byte ids -> pooled document vector with BiXT: embed, encode, mean over the latents.
+
+    ``pool_norm`` adds a LayerNorm after the pooling (like ``fc_norm`` of the classifiers). It is off
+    by default: on the embedded matching task it kept training at chance for 250+ steps (with or
+    without a norm per latent before pooling) while the same model without it learned; the pooled
+    latents are dominated by their shared learned part early on and normalising them shrinks the
+    document-specific differences the head compares.
 
     ``token_dim`` (default ``dim``) sets the byte-token width separately from the latent width:
     the token side is where the cost grows with the document length.
@@ -77,6 +83,7 @@ class BiXTDocumentEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         update_tokens_last: bool = False,
         grad_checkpointing: bool = False,
+        pool_norm: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -87,7 +94,7 @@ class BiXTDocumentEncoder(nn.Module):
             token_mlp_ratio=token_mlp_ratio, drop_path_rate=drop_path_rate,
             update_tokens_last=update_tokens_last, grad_checkpointing=grad_checkpointing,
         )
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim) if pool_norm else nn.Identity()
 
     def forward(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         latents, _ = self.encoder(self.embed(input_ids), token_mask=token_mask)
