@@ -1,6 +1,6 @@
 """BiXT CPU performance in one command: throughput, achieved FLOP rate, token-count scaling.
 
-    python benchmarks/perf.py                  # everything (~20-40 min on 2 busy cores)
+    python benchmarks/perf.py                  # everything (~19 min on 2 busy cores)
     python benchmarks/perf.py --quick          # fewer repeats, no torch.compile (< 3 min)
     python benchmarks/perf.py --only models    # BiXT-Ti vs ViT-Ti images/s (fp32/bf16, eager/compiled)
     python benchmarks/perf.py --only models,matmul --no-compile --repeats 5
@@ -151,11 +151,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         bixt = Net(args.model, {"attn_impl": args.attn_impl})
         plan = Plan(model=bixt, baseline=Net("vit_tiny_patch16_224"), scaling=default_scaling(args.attn_impl))
         if args.quick:
-            # Under 3 min on 2 idle cores: no compilation, no bf16 train step, 2 rounds (fewer once
-            # 40 s of rounds are spent), half the scaling batch, peak memory of BiXT only, and the
-            # quadratic ViT at 12544 tokens (1.6 TFLOP per image) is left out.
+            # Under 3 min (2.5 min on 2 busy cores): no compilation, no bf16 train step, 2 rounds (fewer once
+            # 40 s of rounds are spent), half the scaling batch, peak memory of BiXT only, and no
+            # scaling point over 150 GFLOP per call (ViT at 12544 tokens: 1.6 TFLOP; XCiT: 153 GFLOP).
             plan = replace(plan, compile=False, bf16_train=False, repeats=2, warmup=1, max_call_s=60.0,
-                           budget_s=40.0, max_gflop_per_call=400.0, tokens_per_batch=3136,
+                           budget_s=40.0, max_gflop_per_call=150.0, tokens_per_batch=3136,
                            memory_families=("BiXT-Ti",),
                            matmul_target_gflop=8.0, mode="quick")
     overrides = {k: v for k, v in dict(repeats=args.repeats, warmup=args.warmup, max_call_s=args.max_call_s,
@@ -277,6 +277,8 @@ class Bench:
 
     # models ----------------------------------------------------------------------------------------
     def setup_models(self) -> None:
+        from timm.optim import create_optimizer_v2
+
         plan = self.plan
         rows = []
         nets = [(plan.model, ("fp32", "bf16"), (("eager", "compiled") if plan.compile else ("eager",))),
@@ -286,8 +288,6 @@ class Bench:
             fwd_model = net.build().eval()
             torch.manual_seed(self.seed)
             train_model = net.build().train()
-            from timm.optim import create_optimizer_v2
-
             images = {b: torch.randn(b, 3, net.img_size, net.img_size) for b in (plan.fwd_batch, plan.train_batch)}
             targets = torch.randint(0, getattr(train_model, "num_classes", 1000), (plan.train_batch,))
             self.log(f"counting FLOPs of {net.label}")
@@ -304,9 +304,10 @@ class Bench:
                         if task == "forward":
                             make = lambda f=fwd, x=images[batch], d=dtype: forward_fn(f, x, d)
                         else:
-                            def make(m=trn, x=images[batch], d=dtype):
-                                opt = create_optimizer_v2(train_model, "adamw", lr=1e-4, weight_decay=0.05)
-                                return train_step_fn(m, opt, x, targets, d)
+                            def make(m=trn, params=train_model, x=images[batch], y=targets, d=dtype):
+                                # One optimizer per configuration; eager and compiled share the weights.
+                                opt = create_optimizer_v2(params, "adamw", lr=1e-4, weight_decay=0.05)
+                                return train_step_fn(m, opt, x, y, d)
                         self.add(key, make, "compile failed" if mode == "compiled" else "failed")
                         rows.append(dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label,
                                          role="model" if net is plan.model else "baseline", task=task,
@@ -664,8 +665,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="output directory")
     p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
-    p.add_argument("--quick", action="store_true", help="2 rounds, no torch.compile / bf16 train, no ViT at 12544 tokens (< 3 min idle)")
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all); the FLOP-rate "
+                        "checks need models,matmul, the bf16 error accuracy, the token checks scaling")
+    p.add_argument("--quick", action="store_true", help="2 rounds, no torch.compile / bf16 train, nothing at 12544 tokens but BiXT (< 3 min)")
     p.add_argument("--smoke", action="store_true", help="tiny models, seconds (for tests)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile configurations")
     p.add_argument("--repeats", type=int, help="interleaved timing rounds (default 5, quick 2)")

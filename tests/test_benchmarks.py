@@ -99,6 +99,7 @@ def test_only_rejects_unknown_sections():
 
 @pytest.mark.e2e
 def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the `bench` extra
     threads = torch.get_num_threads()
     try:
         perf.main(["--smoke", "--out", str(tmp_path)])

@@ -177,13 +177,42 @@ def test_train_then_evaluate_and_load_with_timm(tmp_path):
 
     # timm reads the checkpoint through pretrained_cfg_overlay(file=...)
     model = timm.create_model("bixt_ti_l64_p16", pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)),
-                              num_classes=10, img_size=32, patch_size=4, depth=2, embed_dim=32, num_heads=2,
+                              num_classes=10, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2,
                               num_latents=8)
     saved = weights(ckpt)
     for name, tensor in model.state_dict().items():
         if name in saved:
             assert torch.equal(tensor, saved[name]), name
     assert set(saved) <= set(model.state_dict())
+
+
+def test_eval_only_of_an_official_training_checkpoint(tmp_path):
+    """The reduced official model (golden reference), wrapped like a published training checkpoint
+    (``module.`` prefixes, argparse args, zip), evaluated through the engine: logits as published."""
+    import argparse
+    import zipfile
+
+    from torch.utils.data import TensorDataset
+
+    from bixt.engine import run
+    from bixt.engine.classification import ClassificationAdapter
+
+    golden = torch.load(REPO / "tests" / "data" / "bixt_ti_l64_p16.pt", weights_only=True)
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in golden["state_dict"].items()}, "epoch": 799,
+               "args": argparse.Namespace(model=golden["name"])}
+    torch.save(wrapped, tmp_path / "model_best.pth.tar")
+    with zipfile.ZipFile(tmp_path / "official.zip", "w") as archive:
+        archive.write(tmp_path / "model_best.pth.tar", "model_best.pth.tar")
+
+    labels = golden["logits"].argmax(-1)
+    cfg = OmegaConf.create({"trainer": {"eval_only": True, "checkpoint": str(tmp_path / "official.zip"),
+                                        "run_dir": str(tmp_path / "eval"), "num_workers": 0, "batch_size": 2,
+                                        "progress": False}, "optim": {}})
+    model = timm.create_model(golden["name"], **golden["kwargs"])
+    metrics = run(cfg, model, ClassificationAdapter(10), None, TensorDataset(golden["input"], labels))
+    assert metrics["val/top1"] == 100.0
+    expected = torch.nn.functional.cross_entropy(golden["logits"].double(), labels).item()
+    assert metrics["val/loss"] == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.e2e

@@ -96,8 +96,9 @@ class BiXTEncoder(nn.Module):
         self.update_tokens_last = update_tokens_last
         self.grad_checkpointing = grad_checkpointing
         token_drop_path_rate = drop_path_rate if token_drop_path_rate is None else token_drop_path_rate
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        token_rates = torch.linspace(0, token_drop_path_rate, depth).tolist()
+        # stochastic depth grows linearly over layers (plain floats: works under torch.device("meta"))
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        token_rates = [token_drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 
         self.latents = nn.Parameter(torch.zeros(1, num_latents, dim))
         self.blocks = nn.ModuleList(

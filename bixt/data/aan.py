@@ -231,7 +231,7 @@ def make_lexicons(num_topics: int, words_per_topic: int = 40, seed: int = 12345)
         for i in range(length):
             if i % 2:
                 letters.append(VOWELS[rng.integers(len(VOWELS))])
-            elif own and rng.random() < 0.7:
+            elif own and (i == 0 or rng.random() < 0.7):  # every topic word shows its topic
                 letters.append(own[rng.integers(len(own))])
             else:
                 letters.append(consonants[rng.integers(len(consonants))])
@@ -252,7 +252,7 @@ def generate_retrieval_pairs(
     max_bytes: int = 2000,
     num_topics: int = 8,
     topics_per_doc: int = 4,
-    topic_word_rate: float = 0.5,
+    topic_word_rate: float = 0.8,
     hard_negative_rate: float = 0.5,
 ) -> dict[str, list]:
     """A synthetic document-matching set whose label depends on the whole of both documents.
@@ -281,6 +281,7 @@ def generate_retrieval_pairs(
         # Each word takes at most 9 bytes with its separator and at least 3: draw enough, then cut.
         count = budget // 3 + 1
         from_topic = rng.random(count) < topic_word_rate
+        from_topic[0] = True  # every section shows its topic, however short
         words = np.where(
             from_topic,
             np.asarray(topic_words[topic], dtype=object)[rng.integers(len(topic_words[topic]), size=count)],

@@ -40,9 +40,14 @@ def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Opti
     end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict."""
     tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
     env = init_distributed(tcfg.device)
+    # process-wide torch settings the engine may change, restored afterwards (tests, notebooks, sweeps)
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
     finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         cleanup(env)
 
 

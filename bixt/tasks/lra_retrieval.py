@@ -9,7 +9,7 @@
 ``DIR`` holds ``new_aan_pairs.{train,eval,test}.tsv``; it is only read, parsed and tokenised splits
 are cached by Hugging Face ``datasets`` under ``data.cache_dir``. One shared document encoder
 reads both documents of a pair; the head classifies ``[u, v, u * v, u - v]`` of the pooled
-vectors. Reported: accuracy on ``eval`` (``val/accuracy``) and ``test`` (``test_test/accuracy``),
+vectors. Reported: accuracy on ``eval`` (``val/accuracy``) and ``test`` (``test_<data.name>/accuracy``),
 training and evaluation throughput in pairs/s.
 """
 from __future__ import annotations
@@ -118,7 +118,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     splits = build_datasets(cfg.data)
     log.info("pairs: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     model = build_model(cfg.model)
-    test_sets = {"test": splits["test"]} if len(splits["test"]) else None
+    # named after the data set, so the engine reports e.g. `test_aan/accuracy`
+    test_sets = {cfg.data.name: splits["test"]} if len(splits["test"]) else None
     return run(cfg, model, RetrievalAdapter(), splits["train"], splits["eval"],
                collate_fn=RetrievalCollate(), test_sets=test_sets)
 

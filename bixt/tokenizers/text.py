@@ -146,8 +146,8 @@ class ByteEmbedding(nn.Module):
     Args:
         dim: token width.
         max_len: longest sequence accepted (size of the position table).
-        pos_embed: ``"sinusoidal"`` (fixed, as in the LRA Transformer) or ``"learned"``
-            (trunc-normal init, std 0.02) or ``"none"``.
+        pos_embed: ``"sinusoidal"`` (fixed, unit amplitude, as in the LRA Transformer),
+            ``"learned"`` (trunc-normal init, std 0.02) or ``"none"``.
         drop_rate: dropout on the summed embeddings.
 
     The padding id embeds to the zero vector (``padding_idx``), so a placeholder token of an empty
@@ -167,7 +167,8 @@ class ByteEmbedding(nn.Module):
         self.byte_embed = nn.Embedding(VOCAB_SIZE, dim, padding_idx=PAD_ID)
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, max_len, dim))
-            nn.init.normal_(self.pos_embed, std=0.5)
+            # small, as in ViT: positions start as a faint signal next to the unit-scale bytes
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         elif pos_embed == "sinusoidal":
             # Not saved in checkpoints: it is a pure function of (max_len, dim).
             self.register_buffer("pos_embed", sinusoidal_positions(max_len, dim).unsqueeze(0), persistent=False)
