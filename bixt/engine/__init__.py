@@ -50,7 +50,16 @@ global batch (``optim.lr_base_batch``, ``optim.lr_scale``) and any timm schedule
 optimizer step; atomic checkpoints ``<run_dir>/last.pth`` (each epoch and every
 ``trainer.ckpt_every_steps`` steps) and ``best.pth``; exact resume (``trainer.resume``: true |
 auto | PATH) on CPU; per-epoch metrics in ``<run_dir>/metrics.jsonl`` and ``metrics.csv`` and on
-the console; a tqdm bar (loss, lr, samples/s) on rank 0 when stderr is a terminal.
+the console; a tqdm bar (loss, lr, samples/s) on rank 0 when stderr is a terminal (log lines every
+``trainer.log_every`` steps otherwise); ``trainer.threads`` CPU threads (1 is often fastest for tiny
+models and robust on a busy machine); ``trainer.eval_only``; a training set smaller than one batch
+trains with one smaller batch. Process-wide torch settings it changes (threads, deterministic
+algorithms) are restored when ``run`` returns.
+
+Reproducibility on CPU: same seed, same result, whatever ``num_workers``; and a run killed at any
+point and resumed (``trainer.resume``) ends with bit-identical weights, because the checkpoint holds
+the sampler position, the partial epoch sums and every rank's RNG states (see
+:mod:`bixt.engine.reproducibility`).
 
 Example (a task entry point)::
 

@@ -286,14 +286,19 @@ class _Engine:
         if tcfg.test_with not in ("best", "last"):
             raise ValueError(f"trainer.test_with must be 'best' or 'last', got {tcfg.test_with!r}")
         sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=tcfg.seed)
-        train_loader = self._loader(SeededDataset(train_set, tcfg.seed), tcfg.batch_size, sampler,
+        if len(train_set) == 0:
+            raise ValueError("the training set is empty")
+        batch_size = tcfg.batch_size
+        if sampler.num_samples < batch_size:  # a tiny data set: one (smaller) batch per epoch beats none
+            log.warning("the training set has %d samples per process, fewer than trainer.batch_size=%d: "
+                        "training with batches of %d", sampler.num_samples, batch_size, sampler.num_samples)
+            batch_size = sampler.num_samples
+        self.batch_size = batch_size
+        train_loader = self._loader(SeededDataset(train_set, tcfg.seed), batch_size, sampler,
                                     drop_last=True, seed=tcfg.seed + env.rank)
-        batches_per_epoch = sampler.num_samples // tcfg.batch_size
-        if batches_per_epoch == 0:
-            raise ValueError(f"the training set has {len(train_set)} samples, fewer than one global batch "
-                             f"({tcfg.batch_size} x {env.world_size} processes); lower trainer.batch_size")
+        batches_per_epoch = sampler.num_samples // batch_size
         updates_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate)
-        global_batch = tcfg.batch_size * env.world_size * tcfg.accumulate
+        global_batch = batch_size * env.world_size * tcfg.accumulate
         lr = scaled_lr(self.ocfg, global_batch)
         self.optimizer = build_optimizer(self.raw_model, self.ocfg, lr)
         self.scheduler = build_scheduler(self.optimizer, self.ocfg, tcfg.epochs, updates_per_epoch)
@@ -320,7 +325,7 @@ class _Engine:
                 break
             skip_steps = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch)
-            sampler.set_start(skip_steps * tcfg.accumulate * tcfg.batch_size)
+            sampler.set_start(skip_steps * tcfg.accumulate * batch_size)
             try:
                 train_stats, step_in_epoch, sums = self.train_epoch(
                     train_loader, epoch, skip_steps, batches_per_epoch, updates_per_epoch,

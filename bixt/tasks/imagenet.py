@@ -79,7 +79,9 @@ def main(cfg: DictConfig) -> Optional[float]:
     except BadImageError as err:
         # a clean message naming the file, not a traceback (from a DataLoader worker the message
         # carries the worker's traceback: keep its last line)
-        raise SystemExit(f"error: {str(err).strip().splitlines()[-1]}") from None
+        message = str(err).strip().splitlines()[-1]
+        message = message.split("BadImageError: ", 1)[-1]
+        raise SystemExit(f"error: {message}") from None
     return metrics.get("val/top1")
 
 
