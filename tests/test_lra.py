@@ -169,6 +169,7 @@ TINY = [
 
 
 def run_task(tmp_path: Path, *overrides: str) -> dict:
+    """Run the task command with a tiny model; returns the metrics of all lines of metrics.jsonl."""
     run_dir = tmp_path / "run"
     env = dict(os.environ, BIXT_CACHE=str(tmp_path / "bixt-cache"), HF_DATASETS_OFFLINE="1")
     proc = subprocess.run(
@@ -214,3 +215,47 @@ def test_task_default_data_runs_both_models(tmp_path, model):
                        "data.min_bytes=100", "data.max_bytes=200")
     assert 0.0 <= metrics["val/accuracy"] <= 1.0
     assert 0.0 <= metrics["test_embedded/accuracy"] <= 1.0
+
+
+def test_lra_scale_configs_match_the_lra_baseline():
+    from hydra import compose, initialize_config_dir
+
+    from bixt.baselines.transformer import TransformerDocumentEncoder
+    from bixt.heads.retrieval import BiXTDocumentEncoder
+    from bixt.tasks.lra_retrieval import build_model
+
+    with initialize_config_dir(config_dir=str(REPO / "configs" / "lra_retrieval"), version_base=None):
+        bixt_cfg = compose("config", overrides=["experiment=aan", "data.root=unused"])
+        tf_cfg = compose("config", overrides=["experiment=aan", "model=transformer", "data.root=unused"])
+    assert bixt_cfg.data.name == "aan" and bixt_cfg.data.max_len == 4000 and bixt_cfg.trainer.batch_size == 32
+    assert list(bixt_cfg.optim.betas) == [0.9, 0.98]
+    transformer = build_model(tf_cfg.model).document_encoder
+    assert isinstance(transformer, TransformerDocumentEncoder) and len(transformer.blocks) == 4
+    block = transformer.blocks[0]
+    assert transformer.dim == 128 and block.attn.num_heads == 4 and block.mlp.fc1.out_features == 512
+    bixt = build_model(bixt_cfg.model).document_encoder
+    assert isinstance(bixt, BiXTDocumentEncoder) and len(bixt.encoder.blocks) == 4
+    assert bixt.dim == 128 and bixt.encoder.num_latents == 32 and bixt.embed.max_len == 4000
+
+
+@pytest.mark.e2e
+def test_benchmark_runs_both_models_in_one_run(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_lra
+
+    report = bench_lra.main(["--batch", "2", "--length", "64", "--repeats", "1", "--out", str(tmp_path)])
+    assert set(report["models"]) == {"bixt", "transformer"}
+    for result in report["models"].values():
+        assert result["pairs_per_s"] > 0 and result["gflops_per_pair"] > 0
+        assert result["memory"]["status"].startswith("ok") and result["memory"]["peak_extra_mb"] >= 0
+    assert report["summary"]["throughput_ratio_bixt_over_transformer"] > 0
+    assert json.loads((tmp_path / "lra_retrieval.json").read_text())["settings"]["length"] == 64
+
+
+@pytest.mark.e2e
+def test_task_is_deterministic_for_a_seed(tmp_path):
+    tiny_data = ["data.train_size=16", "data.eval_size=8", "data.test_size=8", "data.min_bytes=100", "data.max_bytes=200"]
+    first = run_task(tmp_path / "a", "trainer.seed=3", "data.seed=5", *tiny_data)
+    second = run_task(tmp_path / "b", "trainer.seed=3", "data.seed=5", *tiny_data)
+    keys = ["train/loss", "val/loss", "val/accuracy", "test_embedded/loss"]
+    assert [first[k] for k in keys] == [second[k] for k in keys]

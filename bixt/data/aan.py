@@ -27,7 +27,7 @@ from bixt.tokenizers.text import ByteTokenizer
 SPLITS = ("train", "eval", "test")
 FILE_TEMPLATE = "new_aan_pairs.{split}.tsv"
 COLUMNS = ("label", "id1", "id2", "text1", "text2")
-# Bump when parsing changes, so stale caches are not reused.
+# Part of every cache key: bump when parsing or tokenisation changes, so stale caches are not reused.
 READER_VERSION = "1"
 
 
