@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bixt, tf = results["bixt"], results["transformer"]
     summary = {
         "throughput_ratio_bixt_over_transformer": ratio(bixt["pairs_per_s"], tf["pairs_per_s"]),
-        "memory_ratio_transformer_over_bixt": ratio(tf["memory"].get("peak_extra_mb"), bixt["memory"].get("peak_extra_mb")),
+        "memory_ratio_transformer_over_bixt": ratio(tf["memory"].get("peak_extra_mb"),
+                                                    bixt["memory"].get("peak_extra_mb")),
         "flops_ratio_transformer_over_bixt": ratio(tf["gflops_per_pair"], bixt["gflops_per_pair"]),
     }
     print(table)

@@ -146,13 +146,13 @@ def test_generator_is_deterministic_and_balanced():
 def test_generator_label_needs_the_whole_of_both_documents():
     data = generate_retrieval_pairs(3000, seed=0, min_bytes=200, max_bytes=300)
     # The whole documents determine the label exactly ...
-    full = [(_topics_in(t1) == _topics_in(t2)) == bool(y) for t1, t2, y in zip(data["text1"], data["text2"], data["label"])]
-    assert all(full)
+    pairs = list(zip(data["text1"], data["text2"], data["label"]))
+    assert all((_topics_in(t1) == _topics_in(t2)) == bool(y) for t1, t2, y in pairs)
     assert all(_topics_in(t) == frozenset(s) for t, s in zip(data["text1"], data["signature1"]))
     # ... while the first halves allow little: the Bayes-optimal accuracy of any rule on the topics
     # seen in the first halves (by symmetry, their overlap counts are a sufficient statistic).
     counts = Counter()
-    for t1, t2, y in zip(data["text1"], data["text2"], data["label"]):
+    for t1, t2, y in pairs:
         seen1, seen2 = _topics_in(t1[: len(t1) // 2]), _topics_in(t2[: len(t2) // 2])
         counts[(len(seen1), len(seen2), len(seen1 & seen2)), y] += 1
     keys = {k for k, _ in counts}
@@ -254,7 +254,8 @@ def test_benchmark_runs_both_models_in_one_run(tmp_path):
 
 @pytest.mark.e2e
 def test_task_is_deterministic_for_a_seed(tmp_path):
-    tiny_data = ["data.train_size=16", "data.eval_size=8", "data.test_size=8", "data.min_bytes=100", "data.max_bytes=200"]
+    tiny_data = ["data.train_size=16", "data.eval_size=8", "data.test_size=8",
+                 "data.min_bytes=100", "data.max_bytes=200"]
     first = run_task(tmp_path / "a", "trainer.seed=3", "data.seed=5", *tiny_data)
     second = run_task(tmp_path / "b", "trainer.seed=3", "data.seed=5", *tiny_data)
     keys = ["train/loss", "val/loss", "val/accuracy", "test_embedded/loss"]

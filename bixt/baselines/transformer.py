@@ -1,9 +1,10 @@
 """Full-attention Transformer document encoder: the LRA baseline to compare BiXT against.
 
-LRA configuration for byte-level retrieval: 4 layers, dim 128, 4 heads, MLP 512 (ratio 4),
-pre-norm blocks with GELU MLPs, fixed sinusoidal positions; documents are pooled by the mean over
-their real (unpadded) tokens. Attention cost is quadratic in the document length, which is the
-point of the comparison.
+LRA configuration for byte-level retrieval: 4 layers, dim 128, 4 heads, MLP 512 (ratio 4), with
+pre-norm blocks and GELU MLPs (timm's ViT ``Block``); positions are added by
+:class:`~bixt.tokenizers.text.ByteEmbedding` (fixed sinusoidal by default, or learned); documents
+are pooled by the mean over their real (unpadded) tokens. Attention cost is quadratic in the
+document length, which is the point of the comparison.
 """
 from __future__ import annotations
 

@@ -194,7 +194,9 @@ def load_aan(
         raise FileNotFoundError(f"AAN data folder {root} lacks {', '.join(missing)} (LRA release file names expected)")
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     if cache_dir.resolve().is_relative_to(root.resolve()):
-        raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is read-only; choose another")
+        raise ValueError(
+            f"cache_dir {cache_dir} lies inside the data folder {root}, which is only read; choose another"
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = ByteTokenizer(max_len)
     out = {}
@@ -264,14 +266,16 @@ def generate_retrieval_pairs(
     (label 1) iff both signatures are equal; a ``hard_negative_rate`` share of the negatives
     differ in a single topic. Since each topic lives in its own section, a reader that sees a
     fraction f of a document sees about f of its signature: reading the first half of both
-    documents allows at most ~64 % accuracy with the defaults (the Bayes rate; see the tests),
+    documents allows about 68 % accuracy at best (an estimate of the Bayes rate; see the tests),
     while the whole documents determine the label exactly.
 
     Returns columns ``label`` (int), ``text1``, ``text2`` (bytes), ``signature1``, ``signature2``
     (sorted topic ids). Deterministic in ``seed``; the lexicons are the same for every seed.
     """
     if not 0 < topics_per_doc < num_topics:
-        raise ValueError(f"topics_per_doc must be in [1, num_topics), got {topics_per_doc} with num_topics={num_topics}")
+        raise ValueError(
+            f"topics_per_doc must be in [1, num_topics), got {topics_per_doc} with num_topics={num_topics}"
+        )
     if not 0 < min_bytes <= max_bytes:
         raise ValueError(f"need 0 < min_bytes <= max_bytes, got {min_bytes}, {max_bytes}")
     rng = np.random.default_rng(seed)

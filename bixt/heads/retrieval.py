@@ -57,10 +57,11 @@ class BiXTDocumentEncoder(nn.Module):
     """Byte ids -> pooled document vector with BiXT: embed, encode, mean over the latents.
 
     ``pool_norm`` adds a LayerNorm after the pooling (like ``fc_norm`` of the classifiers). It is off
-    by default: on the embedded matching task it kept training at chance for 250+ steps (with or
-    without a norm per latent before pooling) while the same model without it learned; the pooled
-    latents are dominated by their shared learned part early on and normalising them shrinks the
-    document-specific differences the head compares.
+    by default because it slowed learning on the embedded matching task: 0.73 eval accuracy after
+    the default 156 steps with it, 0.97 without (same seed and data; with fixed sinusoidal
+    positions it stayed at chance for 250 steps, also with a norm per latent before pooling).
+    A likely reason: early on the pooled latents are dominated by their shared learned part, and
+    normalising shrinks the document-specific differences the head compares.
 
     ``token_dim`` (default ``dim``) sets the byte-token width separately from the latent width:
     the token side is where the cost grows with the document length.
@@ -126,7 +127,8 @@ class DualEncoderRetriever(nn.Module):
     ) -> torch.Tensor:
         if input_ids1.shape[0] != input_ids2.shape[0]:
             raise ValueError(
-                f"both documents of a pair need the same batch size, got {input_ids1.shape[0]} and {input_ids2.shape[0]}"
+                "both documents of a pair need the same batch size, "
+                f"got {input_ids1.shape[0]} and {input_ids2.shape[0]}"
             )
         length = max(input_ids1.shape[1], input_ids2.shape[1])
         input_ids = torch.cat([_pad_to(input_ids1, length, PAD_ID), _pad_to(input_ids2, length, PAD_ID)])

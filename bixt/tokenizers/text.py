@@ -146,7 +146,7 @@ class ByteEmbedding(nn.Module):
     Args:
         dim: token width.
         max_len: longest sequence accepted (size of the position table).
-        pos_embed: ``"sinusoidal"`` (fixed, unit amplitude, as in the LRA Transformer),
+        pos_embed: ``"sinusoidal"`` (fixed, unit amplitude, like the byte embeddings),
             ``"learned"`` (trunc-normal init, std 0.02) or ``"none"``.
         drop_rate: dropout on the summed embeddings.
 
