@@ -27,7 +27,7 @@ from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchToke
 __all__ = ["BiXT", "checkpoint_filter_fn"]
 _logger = logging.getLogger(__name__)
 
-# Official constructor argument names -> ours (the golden reference and published configs use them).
+# Official constructor argument names -> ours.
 OFFICIAL_KWARGS = {
     "embed_dim_lat": "embed_dim",
     "embed_dim_pat": "token_dim",
@@ -69,15 +69,15 @@ class BiXT(nn.Module):
         **official_kwargs,
     ) -> None:
         super().__init__()
-        for key in list(official_kwargs):
-            if key in OFFICIAL_KWARGS:
-                locals_map = {"embed_dim": embed_dim, "token_dim": token_dim, "attn_dim": attn_dim,
-                              "num_heads": num_heads, "cross_heads": cross_heads}
-                locals_map[OFFICIAL_KWARGS[key]] = official_kwargs.pop(key)
-                embed_dim, token_dim, attn_dim, num_heads, cross_heads = (
-                    locals_map[k] for k in ("embed_dim", "token_dim", "attn_dim", "num_heads", "cross_heads"))
-            elif key in _IGNORED_OFFICIAL:
-                official_kwargs.pop(key)
+        # Accept the official constructor names (the golden reference and published configs use them).
+        given = {OFFICIAL_KWARGS[k]: official_kwargs.pop(k) for k in list(official_kwargs) if k in OFFICIAL_KWARGS}
+        embed_dim = given.get("embed_dim", embed_dim)
+        token_dim = given.get("token_dim", token_dim)
+        attn_dim = given.get("attn_dim", attn_dim)
+        num_heads = given.get("num_heads", num_heads)
+        cross_heads = given.get("cross_heads", cross_heads)
+        for key in _IGNORED_OFFICIAL:
+            official_kwargs.pop(key, None)
         if official_kwargs:
             raise TypeError(f"BiXT got unexpected arguments: {sorted(official_kwargs)}")
         if global_pool not in ("avg", ""):
@@ -263,7 +263,7 @@ default_cfgs = generate_default_cfgs({
 
 def _create_bixt(variant: str, pretrained: bool = False, **kwargs) -> BiXT:
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    if overlay.get("file") or overlay.get("state_dict") is None and pretrained:
+    if overlay.get("file"):
         # Our loader reads every accepted format (zip, wrapped training checkpoints, safetensors).
         overlay.setdefault("custom_load", True)
     return build_model_with_cfg(
