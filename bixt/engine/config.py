@@ -34,6 +34,8 @@ class TrainerConfig:
     pin_memory: Optional[bool] = None  #: None = pin when training on CUDA
     device: str = "auto"  #: auto (CUDA if present, else CPU) | cpu | cuda | cuda:N
     threads: Optional[int] = None  #: CPU threads for torch (None = torch's default, one per core)
+    #: keep freed activation memory in the process heap (glibc): no page faults on every step; see bixt.runtime
+    tune_allocator: bool = True
     amp: str = "auto"  #: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False  #: torch.compile the model
     compile_mode: Optional[str] = None  #: torch.compile mode (None, reduce-overhead, max-autotune)

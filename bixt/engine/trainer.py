@@ -27,6 +27,7 @@ from bixt.engine.reporting import MetricsWriter, format_metrics, progress_bar, s
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded, seed_everything)
 from bixt.engine.task import TaskAdapter
+from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
 
@@ -119,6 +120,8 @@ class _Engine:
     def _setup_backends(self) -> None:
         if self.tcfg.threads:
             torch.set_num_threads(self.tcfg.threads)
+        if self.tcfg.tune_allocator and self.device.type == "cpu":
+            tune_cpu_allocator()
         if self.tcfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)

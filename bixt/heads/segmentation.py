@@ -157,7 +157,7 @@ class PointSegmenter(nn.Module):
         category: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         point_tokens: PointTokens = self.tokenizer(pos, point_mask, features)
-        latents, tokens = self.encoder(point_tokens.tokens, point_tokens.token_mask)
+        latents, tokens = self.encoder(point_tokens.tokens, point_tokens.encoder_mask)
         return self.head(
             tokens, point_tokens.token_mask, point_tokens.centres, pos, point_mask,
             features=features, latents=latents, category=category,

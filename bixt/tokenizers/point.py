@@ -162,12 +162,18 @@ class PointTokens:
     """What a point tokeniser hands to the encoder and, later, to a dense head.
 
     tokens (B, G, D) and token_mask (B, G) go to the encoder; ``centres`` (B, G, 3) are the token
-    positions that a dense head interpolates from.
+    positions that a dense head interpolates from. ``all_real`` says the mask is known to be all
+    True without looking at it, so the encoder can skip its mask checks (a host sync on CUDA).
     """
 
     tokens: torch.Tensor
     token_mask: torch.Tensor
     centres: torch.Tensor
+    all_real: bool = False
+
+    @property
+    def encoder_mask(self) -> Optional[torch.Tensor]:
+        return None if self.all_real else self.token_mask
 
 
 def _mlp(dims: list[int], norm: bool = True) -> nn.Sequential:
@@ -259,8 +265,9 @@ class PointGroupTokenizer(nn.Module):
         summary = x.max(dim=2).values  # (B, G, 2h)
         x = self.fuse_point(x) + self.fuse_group(summary).unsqueeze(2)  # each point sees its group's summary
         tokens = self.fuse_mlp(x).max(dim=2).values + self.pos_embed(centres)
+        # every group has a real centre (FPS picks real points only), so no token is padding
         token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return PointTokens(tokens=tokens, token_mask=token_mask, centres=centres)
+        return PointTokens(tokens=tokens, token_mask=token_mask, centres=centres, all_real=True)
 
 
 class PointwiseTokenizer(nn.Module):
