@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    _read_status_kb, _reset_peak_rss, count_flops, interleaved_timing, machine_info, markdown_table, set_threads,
+    read_status_kb, reset_peak_rss, count_flops, interleaved_timing, machine_info, markdown_table, set_threads,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,12 +72,12 @@ def _memory_worker(name: str, batch: int, length: int) -> None:
     with torch.no_grad():
         model(*make_pairs(1, length, seed=1))  # one-time kernel / allocator set-up
         gc.collect()
-        exact = _reset_peak_rss()
-        baseline_kb = _read_status_kb("VmRSS")
+        exact = reset_peak_rss()
+        baseline_kb = read_status_kb("VmRSS")
         start = time.perf_counter()
         model(*inputs)
         elapsed = time.perf_counter() - start
-        peak_kb = _read_status_kb("VmHWM")
+        peak_kb = read_status_kb("VmHWM")
     print(json.dumps({
         "status": "ok" if exact else "ok (peak since process start)",
         "baseline_mb": baseline_kb / 1024, "peak_mb": peak_kb / 1024,
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.batch, args.repeats = min(args.batch, 4), min(args.repeats, 2)
     threads = set_threads(args.threads)
+    tune_cpu_allocator()  # as the task entry points do (bixt.runtime)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"batch {args.batch} pairs x {args.length} bytes, {threads} threads, {args.repeats} rounds")
 

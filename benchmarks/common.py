@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 __all__ = [
     "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",
     "machine_info", "markdown_table", "set_threads", "build_model", "cpu_snapshot", "other_load",
+    "read_status_kb", "reset_peak_rss",
 ]
 
 
@@ -267,7 +268,7 @@ class MemorySpec:
     warmup: bool = True  # run a batch-1 forward before measuring (one-time kernel / cache set-up)
 
 
-def _read_status_kb(field_name: str) -> int:
+def read_status_kb(field_name: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field_name + ":"):
@@ -275,7 +276,7 @@ def _read_status_kb(field_name: str) -> int:
     raise RuntimeError(f"{field_name} not found in /proc/self/status")
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     try:  # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -301,12 +302,12 @@ def _memory_worker() -> None:
             if spec.warmup:
                 model(images[:1])
             gc.collect()
-            exact = _reset_peak_rss()
-            baseline_kb = _read_status_kb("VmRSS")
+            exact = reset_peak_rss()
+            baseline_kb = read_status_kb("VmRSS")
             start = time.perf_counter()
             model(images)
             elapsed = time.perf_counter() - start
-            peak_kb = _read_status_kb("VmHWM")
+            peak_kb = read_status_kb("VmHWM")
         print(json.dumps({
             "key": spec.key, "status": "ok" if exact else "ok (peak since process start)",
             "baseline_mb": baseline_kb / 1024, "peak_mb": peak_kb / 1024,

@@ -322,7 +322,8 @@ class Bench:
 
     # models ----------------------------------------------------------------------------------------
     def setup_models(self) -> None:
-        from timm.optim import create_optimizer_v2
+        from bixt.engine.config import OptimConfig
+        from bixt.engine.optim import build_optimizer
 
         plan = self.plan
         rows = []
@@ -356,7 +357,7 @@ class Bench:
                         else:
                             def make(m=trn, params=train_model, x=images[batch], y=targets, d=dtype):
                                 # One optimizer per configuration; eager and compiled share the weights.
-                                opt = create_optimizer_v2(params, "adamw", lr=1e-4, weight_decay=0.05)
+                                opt = build_optimizer(params, OptimConfig(name="adamw", weight_decay=0.05), lr=1e-4)
                                 return train_step_fn(m, opt, x, y, d)
                         self.add(key, make, "compile failed" if mode == "compiled" else "failed")
                         rows.append(dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label,
@@ -813,7 +814,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             "plan": json.loads(json.dumps(asdict(plan), default=str)),
             "method": {
                 "timing": "warm-up, then per round every configuration once in turn; median over rounds",
-                "train_step": "zero_grad, forward + cross-entropy (autocast for bf16), backward, AdamW step",
+                "train_step": "zero_grad, forward + cross-entropy (autocast for bf16), backward, AdamW step (as the "
+                              "engine builds it: bixt.engine.optim.build_optimizer)",
                 "flops": "torch.utils.flop_counter on the meta device at the measured batch (matmuls, "
                          "convolutions, attention as matmuls; BiXT counted with attn_impl=math, one similarity "
                          "per layer); train = forward + backward, no recomputation",

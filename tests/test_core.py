@@ -266,3 +266,27 @@ def test_tune_cpu_allocator_is_idempotent_and_respects_user_settings(monkeypatch
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert first is glibc
     assert runtime.tune_cpu_allocator() is first
+
+
+@pytest.mark.parametrize("switch_modes", [True, False])
+def test_packed_weights_never_go_stale_between_training_steps(switch_modes):
+    # fused AdamW updates parameters without bumping their version counters
+    enc = tiny()
+    optimizer = torch.optim.AdamW(enc.parameters(), lr=0.1, fused=True)
+    x = torch.randn(2, 9, 32)
+    for _ in range(2):
+        enc.eval()
+        with torch.no_grad():
+            fast = enc(x)[0]
+        from bixt.core.layers import set_fused_inference
+        previous = set_fused_inference(False)
+        try:
+            with torch.no_grad():
+                torch.testing.assert_close(fast, enc(x)[0], atol=1e-5, rtol=1e-5)
+        finally:
+            set_fused_inference(previous)
+        if switch_modes:
+            enc.train()
+        optimizer.zero_grad()
+        enc(x)[0].square().mean().backward()  # train step, in eval mode too when not switching
+        optimizer.step()

@@ -204,3 +204,23 @@ def test_bad_model_arguments():
         BiXT(bogus=1)
     with pytest.raises(ValueError, match="stride must be one of"):
         BiXT(stride=5)
+
+
+def test_eval_after_fused_optimizer_steps_matches_a_fresh_copy():
+    # fused AdamW updates weights without bumping version counters: no inference cache may go stale
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=10, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_latents=8)
+    model = timm.create_model("bixt_ti_l64_p16", **kwargs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    for _ in range(2):
+        model.train()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+            fresh = timm.create_model("bixt_ti_l64_p16", **kwargs).eval()
+            fresh.load_state_dict(model.state_dict())
+            torch.testing.assert_close(out, fresh(x), atol=1e-6, rtol=1e-6)

@@ -28,7 +28,12 @@ def check_token_mask(token_mask: torch.Tensor, batch: int, length: int) -> torch
         )
     if token_mask.dtype != torch.bool:
         raise TypeError(f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}")
-    if not torch.compiler.is_compiling() and not bool(token_mask.any(dim=1).all()):
+    if torch.compiler.is_compiling():
+        return token_mask
+    if token_mask.device.type != "cpu":  # checked on the device: no host sync per step
+        torch._assert_async(token_mask.any(dim=1).all(), "token_mask marks every token of a sample as padding")
+        return token_mask
+    if not bool(token_mask.any(dim=1).all()):
         empty = (~token_mask.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(
             f"token_mask marks every token of sample(s) {empty} as padding; each sequence needs at least one "
@@ -127,7 +132,7 @@ class BiXTEncoder(nn.Module):
         if token_mask is not None:
             check_token_mask(token_mask, tokens.shape[0], tokens.shape[1])
         latents = self.latents.expand(tokens.shape[0], -1, -1)
-        if bf16_inference(tokens, self.latents):
+        if not self.training and bf16_inference(tokens, self.latents):
             # bf16 residual streams: no casts around every norm, add and GEMM (features stay within 1 % of fp32)
             latents, tokens = latents.to(torch.bfloat16), tokens.to(torch.bfloat16)
         maps = []

@@ -57,9 +57,11 @@ _packed_weights: "weakref.WeakKeyDictionary[nn.Linear, dict]" = weakref.WeakKeyD
 def _packed(layer: nn.Linear, dtype: torch.dtype, rows: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(packed weight, bias)`` of ``layer`` for the CPU GEMM kernel of ``dtype``, cached.
 
-    The cache is valid while the weight is unchanged: in-place updates (optimizer steps,
-    ``load_state_dict``) bump the tensors' versions and moves change their storage, and either
-    rebuilds it. ``rows`` is only a blocking hint; any batch size works with the packed weight.
+    The copy is rebuilt when the weight's storage or version counter changes (``.to()``,
+    ``load_state_dict``, in-place ops), after any forward with autograd or in train mode, and on
+    ``train()``/``eval()``. Weights changed in eval mode behind autograd's back (``.data``, fused
+    optimizer kernels) without any of those need ``model.eval()`` again. ``rows`` is only a
+    blocking hint; any batch size works with the packed weight.
     """
     weight, bias = layer.weight, layer.bias
     key = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
@@ -80,7 +82,7 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none",
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``layer(x)``, then exact GELU (``activation="gelu"``), then ``+ residual`` if given."""
     weight, bias = layer.weight, layer.bias
-    if _fused_ok(x, weight):
+    if _fused_ok(x, weight) and not layer.training:
         if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
             if x.dtype == torch.float32 and weight.dtype == torch.float32:
                 x = x.to(torch.bfloat16)
@@ -100,6 +102,10 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none",
                 if activation == "gelu":
                     out = torch.ops.aten.gelu_(out)
                 return out if residual is None else out.add_(residual)
+    if not torch.compiler.is_compiling():
+        # A forward with autograd (or in train mode) may precede weight updates that do not bump
+        # the version counter (fused optimizers, ``.data``): drop the packed copy to be safe.
+        _packed_weights.pop(layer, None)
     out = F.linear(x, weight, bias)
     if activation == "gelu":
         out = F.gelu(out)
@@ -111,6 +117,10 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         return linear(x, self, residual=residual)
+
+    def train(self, mode: bool = True) -> "Linear":
+        _packed_weights.pop(self, None)  # a mode switch brackets every train/eval phase: repack after it
+        return super().train(mode)
 
 
 class Mlp(nn.Module):

@@ -69,18 +69,28 @@ class FourierPosEncoding2d(nn.Module):
     def forward(self, height: int, width: int) -> torch.Tensor:
         """Positional encoding for a (height, width) token grid, shape (1, H*W, dim)."""
         weight, bias = self.proj.weight, self.proj.bias
-        # Inference reuses the projected encoding until the weights change (their _version bumps
-        # on every in-place update: optimizer steps, load_state_dict).
-        cacheable = not (torch.is_grad_enabled() and weight.requires_grad) and not torch.compiler.is_compiling()
-        key = (height, width, weight.dtype, weight.device, weight._version, bias._version)
+        # Eval-mode inference reuses the projected encoding until the weights change: a new storage
+        # or version (load_state_dict, in-place ops), a train()/eval() switch, or any forward with
+        # autograd (it may precede updates that skip the version counter, e.g. fused optimizers).
+        cacheable = (not self.training and not (torch.is_grad_enabled() and weight.requires_grad)
+                     and not torch.compiler.is_compiling())
+        key = (height, width, weight.dtype, weight.device, weight.data_ptr(), weight._version,
+               bias.data_ptr(), bias._version)
         if cacheable and self._cache_key == key:
             return self._cache
+        if not cacheable and not torch.compiler.is_compiling():
+            self._cache_key = self._cache = None
         features = self._features(height, width, weight.device).to(weight.dtype)
         pos = torch.einsum("chw,dc->hwd", features, weight.flatten(1)) + bias
         pos = rearrange(pos, "h w d -> 1 (h w) d")
         if cacheable:
             self._cache_key, self._cache = key, pos
         return pos
+
+
+    def train(self, mode: bool = True) -> "FourierPosEncoding2d":
+        self._cache_key = self._cache = None
+        return super().train(mode)
 
 
 def _check_image(x: torch.Tensor, in_chans: int) -> None:
