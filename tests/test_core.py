@@ -233,6 +233,11 @@ def test_packed_weight_cache_follows_weight_updates():
             out16 = layer(x)
     assert out16.dtype == torch.bfloat16
     torch.testing.assert_close(out16.float(), x.sum(-1, keepdim=True).expand(5, 16) + 1, atol=0.1, rtol=1e-2)
+    with torch.no_grad():  # fp32 copies are packed per row count: every batch size stays exact
+        for rows in (1, 3, 5, 7, 9, 11, 5):
+            xs = torch.randn(rows, 32)
+            torch.testing.assert_close(layer(xs), torch.nn.functional.linear(xs, layer.weight, layer.bias),
+                                       atol=1e-5, rtol=0)
     copy = __import__("copy").deepcopy(layer)  # the cache lives outside the module
     torch.testing.assert_close(copy(x), layer(x))
 

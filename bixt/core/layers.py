@@ -54,27 +54,34 @@ def bf16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
 _packed_weights: "weakref.WeakKeyDictionary[nn.Linear, dict]" = weakref.WeakKeyDictionary()
 
 
+_MAX_PACKED_SHAPES = 4  # per layer: e.g. training batch, eval batch, last partial batch
+
+
 def _packed(layer: nn.Linear, dtype: torch.dtype, rows: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(packed weight, bias)`` of ``layer`` for the CPU GEMM kernel of ``dtype``, cached.
 
-    The copy is rebuilt when the weight's storage or version counter changes (``.to()``,
-    ``load_state_dict``, in-place ops), after any forward with autograd or in train mode, and on
-    ``train()``/``eval()``. Weights changed in eval mode behind autograd's back (``.data``, fused
-    optimizer kernels) without any of those need ``model.eval()`` again. ``rows`` is only a
-    blocking hint; any batch size works with the packed weight.
+    MKL packs fp32 weights for one number of input ``rows``, so fp32 copies are kept per row count
+    (a few per layer); oneDNN's bf16 layout serves any row count. A copy is rebuilt when the
+    weight's storage or version counter changes (``.to()``, ``load_state_dict``, in-place ops),
+    after any forward with autograd or in train mode, and on ``train()``/``eval()``. Weights changed
+    in eval mode behind autograd's back (``.data``, fused optimizer kernels) without any of those
+    need ``model.eval()`` again.
     """
     weight, bias = layer.weight, layer.bias
-    key = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
-    per_dtype = _packed_weights.setdefault(layer, {})
-    cached = per_dtype.get(dtype)
-    if cached is None or cached[0] != key:
+    version = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+    shape_key = (dtype, rows if dtype == torch.float32 else None)
+    entries = _packed_weights.setdefault(layer, {})
+    cached = entries.get(shape_key)
+    if cached is None or cached[0] != version:
+        if cached is None and len(entries) >= _MAX_PACKED_SHAPES:
+            entries.pop(next(iter(entries)))  # the oldest shape
         with torch.no_grad():
             if dtype == torch.float32:
                 packed = (torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), bias)
             else:
                 w16 = torch.ops.mkldnn._reorder_linear_weight(weight.to(dtype), rows)
                 packed = (w16, None if bias is None else bias.to(dtype))
-        cached = per_dtype[dtype] = (key, packed)
+        cached = entries[shape_key] = (version, packed)
     return cached[1]
 
 
