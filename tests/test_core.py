@@ -295,3 +295,19 @@ def test_packed_weights_never_go_stale_between_training_steps(switch_modes):
         optimizer.zero_grad()
         enc(x)[0].square().mean().backward()  # train step, in eval mode too when not switching
         optimizer.step()
+
+
+def test_mlp_row_chunks_in_inference_match_one_pass(monkeypatch):
+    import bixt.core.layers as layers
+
+    torch.manual_seed(0)
+    mlp = layers.Mlp(16, 64).eval()
+    x, residual = torch.randn(3, 7, 16), torch.randn(3, 7, 16)
+    with torch.no_grad():
+        whole = mlp(x, residual=residual)
+        monkeypatch.setattr(layers, "MLP_CHUNK_ROWS", 4)  # 21 rows -> 6 chunks of 4 (last: 1)
+        chunked = mlp(x, residual=residual)
+        chunked_no_residual = mlp(x)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(chunked_no_residual + residual, whole, atol=1e-5, rtol=1e-5)
+    assert chunked.shape == (3, 7, 16)
