@@ -110,6 +110,9 @@ class PatchTokenizer(nn.Module):
         self.stride = stride
         self.padding = PATCH_STRIDES.get(stride, 0) if patch_size == 16 else (patch_size - stride) // 2
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=stride, padding=self.padding)
+        # Channels-last pays when the token map outweighs the image (stride 4: 12x the values);
+        # at stride 16 the transposing copy of the image costs more than it saves.
+        self.use_channels_last = dim > in_chans * stride * stride
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         if height % self.stride or width % self.stride:
@@ -122,7 +125,7 @@ class PatchTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
         self.grid(*x.shape[-2:])
-        return tokens_from_feature_map(self.proj(channels_last(x)))
+        return tokens_from_feature_map(self.proj(channels_last(x) if self.use_channels_last else x))
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
