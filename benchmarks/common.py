@@ -265,7 +265,7 @@ class MemorySpec:
     kwargs: dict
     img_size: int
     batch: int
-    warmup: bool = True  # run a batch-1 forward before measuring (one-time kernel / cache set-up)
+    warmup: bool = True  # run the same forward once before measuring (one-time set-up: kernel caches, packed weights)
 
 
 def read_status_kb(field_name: str) -> int:
@@ -300,7 +300,7 @@ def _memory_worker() -> None:
         images = torch.randn(spec.batch, 3, spec.img_size, spec.img_size)
         with torch.no_grad():
             if spec.warmup:
-                model(images[:1])
+                model(images)
             gc.collect()
             exact = reset_peak_rss()
             baseline_kb = read_status_kb("VmRSS")
@@ -328,8 +328,8 @@ def measure_peak_memory(
     threshold fixed at 64 KiB, so every tensor above that is mapped on allocation and unmapped on
     free and the resident set size follows the live set of tensors (without it, freed memory stays
     resident and later measurements read near zero). Per spec the worker builds the model and input,
-    runs a batch-1 forward (warm-up: one-time kernel and cache set-up, ~20 % of the result at 3136
-    tokens if left in), resets the
+    runs the same forward once (warm-up: one-time kernel set-up and weights packed for this batch
+    size, ~20 % of the result at 3136 tokens if left in), resets the
     kernel's peak-RSS counter (``/proc/self/clear_refs``), reads the current RSS as the baseline,
     runs the forward again and reports ``(peak RSS - baseline) / batch``: activations and kernel
     workspaces, not weights or the input. A worker killed while measuring a spec (the OOM killer)

@@ -823,7 +823,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 "compiled": "torch.compile (inductor, default mode); forward graphs with freezing=True",
                 "allocator": "bixt.runtime.tune_cpu_allocator() unless --default-allocator",
                 "memory": "fresh worker process, glibc mmap threshold 64 KiB; peak RSS (VmHWM, reset via "
-                          "/proc/self/clear_refs) minus RSS after model build and a warm-up forward, per image",
+                          "/proc/self/clear_refs) minus RSS after model build and a warm-up forward of the same "
+                          "batch, per image",
             },
         }
     }
