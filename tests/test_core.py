@@ -159,6 +159,11 @@ def test_encoder_traces_without_graph_breaks():
     enc = tiny()
     explanation = torch._dynamo.explain(enc)(torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.bool))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+    # bf16 autocast inference: bf16 residual streams and bf16 norms trace too
+    torch._dynamo.reset()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(enc)(torch.randn(2, 5, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 def test_positional_encoding_cache_follows_weight_updates():

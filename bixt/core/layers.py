@@ -46,9 +46,11 @@ def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def bf16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """CPU inference under bf16 autocast on the fused path: activations may stay bf16 end to end."""
-    return (_fused_ok(x, weight) and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    """CPU inference under bf16 autocast with the fast path on (eager or compiled): activations may
+    stay bf16 end to end."""
+    return (_fused_enabled and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 # Outside the modules, so deepcopy (EMA), pickling and state dicts never see the packed tensors.
