@@ -8,8 +8,9 @@ place on its fresh output, so no extra activation-sized buffers are allocated:
 - bf16 autocast: oneDNN's bf16 GEMM (AMX where present) with GELU fused as a post-op, on bf16
   activations (see :func:`bf16_inference`).
 
-Training, CUDA and ``torch.compile`` (which fuses on its own) take the plain PyTorch path;
-:func:`set_fused_inference` switches the fast path off for reference runs.
+Training, CUDA and ``torch.compile`` (which fuses on its own) take the plain PyTorch path for
+the layers; the bf16 residual streams apply to compiled inference too. :func:`set_fused_inference`
+switches all of it off for reference runs.
 """
 from __future__ import annotations
 
@@ -55,9 +56,7 @@ def bf16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 # Outside the modules, so deepcopy (EMA), pickling and state dicts never see the packed tensors.
 _packed_weights: "weakref.WeakKeyDictionary[nn.Linear, dict]" = weakref.WeakKeyDictionary()
-
-
-_MAX_PACKED_SHAPES = 4  # per layer: e.g. training batch, eval batch, last partial batch
+_MAX_PACKED_SHAPES = 4  # fp32 row counts per layer, e.g. eval batch, last partial batch, chunks
 
 
 def _packed(layer: nn.Linear, dtype: torch.dtype, rows: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -199,7 +198,7 @@ class SelfAttentionBlock(nn.Module):
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` (eps 1e-6) that keeps bf16 activations bf16 under CPU autocast.
+    """``nn.LayerNorm`` (eps 1e-6) that keeps bf16 activations bf16 under CPU autocast in eval mode.
 
     Autocast runs layer norm in fp32 and returns fp32; for a bf16 residual stream that means a cast
     before and after every norm. PyTorch's CPU kernel normalises bf16 input with fp32 statistics and
@@ -210,7 +209,8 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if (x.dtype == torch.bfloat16 and not self.training and x.device.type == "cpu"
+                and torch.is_autocast_enabled("cpu")):
             with torch.autocast("cpu", enabled=False):
                 return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return super().forward(x)
