@@ -243,8 +243,12 @@ def test_packed_weight_cache_follows_weight_updates():
             xs = torch.randn(rows, 32)
             torch.testing.assert_close(layer(xs), torch.nn.functional.linear(xs, layer.weight, layer.bias),
                                        atol=1e-5, rtol=0)
-    copy = __import__("copy").deepcopy(layer)  # the cache lives outside the module
-    torch.testing.assert_close(copy(x), layer(x))
+    copy = __import__("copy").deepcopy(layer)  # packed copies live outside the module: none is shared
+    with torch.no_grad():
+        before = layer(x)
+        copy.weight.mul_(-1.0)
+        torch.testing.assert_close(layer(x), before)
+        torch.testing.assert_close(copy(x), torch.nn.functional.linear(x, copy.weight, copy.bias), atol=1e-5, rtol=0)
 
 
 def test_layer_norm_keeps_bf16_activations_under_cpu_autocast():

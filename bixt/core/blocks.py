@@ -10,7 +10,7 @@ from bixt.core.attention import BiCrossAttention
 from bixt.core.layers import LayerNorm, Mlp, SelfAttentionBlock
 from bixt.core.layers import drop_path_or_identity as _drop
 from bixt.core.layers import layer_scale as _scale
-from bixt.core.layers import plain_residual
+from bixt.core.layers import add_residual, plain_residual
 
 
 class CrossBlock(nn.Module):
@@ -60,19 +60,13 @@ class CrossBlock(nn.Module):
             residual_latents=latents if fuse_lat else None, residual_tokens=tokens if fuse_tok else None,
         )
         latents = lat_update if fuse_lat else latents + self.drop_path_latents(self.ls_latents(lat_update))
-        latents = self._residual_mlp(latents, self.mlp_norm_latents, self.mlp_latents, self.mlp_ls_latents,
-                                     self.drop_path_latents)
+        latents = add_residual(latents, self.mlp_latents, self.mlp_norm_latents(latents), self.mlp_ls_latents,
+                               self.drop_path_latents)
         if not self.one_sided:
             tokens = tok_update if fuse_tok else tokens + self.drop_path_tokens(self.ls_tokens(tok_update))
-            tokens = self._residual_mlp(tokens, self.mlp_norm_tokens, self.mlp_tokens, self.mlp_ls_tokens,
-                                        self.drop_path_tokens)
+            tokens = add_residual(tokens, self.mlp_tokens, self.mlp_norm_tokens(tokens), self.mlp_ls_tokens,
+                                  self.drop_path_tokens)
         return latents, tokens, maps
-
-    @staticmethod
-    def _residual_mlp(x, norm, mlp, scale, drop_path):
-        if plain_residual(scale, drop_path):
-            return mlp(norm(x), residual=x)
-        return x + drop_path(scale(mlp(norm(x))))
 
 
 class BiXTLayer(nn.Module):

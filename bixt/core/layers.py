@@ -36,22 +36,32 @@ def set_fused_inference(enabled: bool) -> bool:
     return previous
 
 
+def _cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Fast path on, CPU, and no autograd through this op."""
+    return (_fused_enabled and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
+def _cpu_bf16_autocast() -> bool:
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (
-        _fused_enabled
-        and _MKLDNN
-        and x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-    )
+    """The eager kernels of :func:`linear` apply (torch.compile fuses on its own)."""
+    return _MKLDNN and not torch.compiler.is_compiling() and _cpu_inference(x, weight)
 
 
 def bf16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """CPU inference under bf16 autocast with the fast path on (eager or compiled): activations may
     stay bf16 end to end."""
-    return (_fused_enabled and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return _cpu_inference(x, weight) and _cpu_bf16_autocast()
+
+
+def tensor_versions(*tensors: Optional[torch.Tensor]) -> tuple:
+    """Storage and version counter of each tensor: changes on ``.to()``, ``load_state_dict`` and
+    in-place ops (not on ``.data`` edits or fused optimizer kernels, hence the extra invalidation
+    on mode switches and training forwards in the caches that key on it)."""
+    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
 
 
 # Outside the modules, so deepcopy (EMA), pickling and state dicts never see the packed tensors.
@@ -70,7 +80,7 @@ def _packed(layer: nn.Linear, dtype: torch.dtype, rows: int) -> tuple[torch.Tens
     need ``model.eval()`` again.
     """
     weight, bias = layer.weight, layer.bias
-    version = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+    version = tensor_versions(weight, bias)
     shape_key = (dtype, rows if dtype == torch.float32 else None)
     entries = _packed_weights.setdefault(layer, {})
     cached = entries.get(shape_key)
@@ -92,7 +102,7 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none",
     """``layer(x)``, then exact GELU (``activation="gelu"``), then ``+ residual`` if given."""
     weight, bias = layer.weight, layer.bias
     if _fused_ok(x, weight) and not layer.training:
-        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        if _cpu_bf16_autocast():
             if x.dtype == torch.float32 and weight.dtype == torch.float32:
                 x = x.to(torch.bfloat16)
             if x.dtype == torch.bfloat16 and weight.dtype == torch.float32:
@@ -190,11 +200,8 @@ class SelfAttentionBlock(nn.Module):
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if plain_residual(self.ls1, self.drop_path) and plain_residual(self.ls2, self.drop_path):
-            x = self.attn(self.norm1(x), residual=x)
-            return self.mlp(self.norm2(x), residual=x)
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = add_residual(x, self.attn, self.norm1(x), self.ls1, self.drop_path)
+        return add_residual(x, self.mlp, self.norm2(x), self.ls2, self.drop_path)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -209,8 +216,7 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == torch.bfloat16 and not self.training and x.device.type == "cpu"
-                and torch.is_autocast_enabled("cpu")):
+        if x.dtype == torch.bfloat16 and not self.training and x.device.type == "cpu" and _cpu_bf16_autocast():
             with torch.autocast("cpu", enabled=False):
                 return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return super().forward(x)
@@ -223,6 +229,15 @@ def layer_scale(dim: int, init_values: float | None) -> nn.Module:
 def plain_residual(scale: nn.Module, drop_path: nn.Module) -> bool:
     """Whether ``x + drop_path(scale(f(x)))`` is just ``x + f(x)`` now, so the add can go into f's last GEMM."""
     return isinstance(scale, nn.Identity) and (isinstance(drop_path, nn.Identity) or not drop_path.training)
+
+
+def add_residual(x: torch.Tensor, branch: nn.Module, branch_input: torch.Tensor, scale: nn.Module,
+                 drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(scale(branch(branch_input)))``; the add runs inside the branch's last GEMM
+    (``residual=``) when scale and drop path are inactive."""
+    if plain_residual(scale, drop_path):
+        return branch(branch_input, residual=x)
+    return x + drop_path(scale(branch(branch_input)))
 
 
 def drop_path_or_identity(rate: float) -> nn.Module:

@@ -8,6 +8,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from bixt.core.layers import tensor_versions
+
 # stride name -> (stride, padding) for a 16x16 kernel (p16, p16s8, p16s4)
 PATCH_STRIDES = {16: 0, 8: 4, 4: 6}
 
@@ -74,8 +76,7 @@ class FourierPosEncoding2d(nn.Module):
         # autograd (it may precede updates that skip the version counter, e.g. fused optimizers).
         cacheable = (not self.training and not (torch.is_grad_enabled() and weight.requires_grad)
                      and not torch.compiler.is_compiling())
-        key = (height, width, weight.dtype, weight.device, weight.data_ptr(), weight._version,
-               bias.data_ptr(), bias._version)
+        key = (height, width, weight.dtype, weight.device, tensor_versions(weight, bias))
         if cacheable and self._cache_key == key:
             return self._cache
         if not cacheable and not torch.compiler.is_compiling():
@@ -125,17 +126,13 @@ class PatchTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
         self.grid(*x.shape[-2:])
-        return tokens_from_feature_map(self.proj(channels_last(x) if self.use_channels_last else x))
+        return rearrange(self.proj(channels_last(x) if self.use_channels_last else x), "b d h w -> b (h w) d")
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
     # A channels-last conv output makes the (b, h*w, d) token view contiguous, so no later op copies
     # or reads it strided: patch embedding + position + first norm at 12544 tokens 13 ms vs 23 ms.
     return images.contiguous(memory_format=torch.channels_last)
-
-
-def tokens_from_feature_map(features: torch.Tensor) -> torch.Tensor:
-    return rearrange(features, "b d h w -> b (h w) d")
 
 
 class ConvTokenizer(nn.Module):
@@ -167,4 +164,4 @@ class ConvTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
         self.grid(*x.shape[-2:])
-        return tokens_from_feature_map(self.proj(channels_last(x)))
+        return rearrange(self.proj(channels_last(x)), "b d h w -> b (h w) d")
