@@ -260,3 +260,11 @@ def test_task_is_deterministic_for_a_seed(tmp_path):
     second = run_task(tmp_path / "b", "trainer.seed=3", "data.seed=5", *tiny_data)
     keys = ["train/loss", "val/loss", "val/accuracy", "test_embedded/loss"]
     assert [first[k] for k in keys] == [second[k] for k in keys]
+
+
+def test_generator_rejects_documents_too_short_for_their_topics():
+    with pytest.raises(ValueError, match="min_bytes"):
+        generate_retrieval_pairs(10, seed=0, min_bytes=4, max_bytes=4)  # 4 topics need >= 8 bytes
+    data = generate_retrieval_pairs(20, seed=0, min_bytes=8, max_bytes=8)
+    for text in data["text1"] + data["text2"]:
+        assert len(text) == 8 and all(text[i] != ord(" ") for i in range(0, 8, 2))  # a letter per section

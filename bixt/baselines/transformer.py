@@ -8,24 +8,23 @@ document length, which is the point of the comparison.
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Optional
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from bixt.core.encoder import init_weights_jax
+from bixt.core.layers import LayerNorm
 from bixt.tokenizers.text import ByteEmbedding
-
-LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def masked_mean(tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean over the real tokens: (B, N, D), (B, N) bool -> (B, D)."""
     if token_mask is None:
         return tokens.mean(dim=1)
-    weights = token_mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    weights = token_mask.to(tokens.dtype)
+    return torch.einsum("bn,bnd->bd", weights, tokens) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 class TransformerDocumentEncoder(nn.Module):
@@ -47,7 +46,7 @@ class TransformerDocumentEncoder(nn.Module):
         super().__init__()
         self.dim = dim
         self.embed = ByteEmbedding(dim, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(
                 dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate,
@@ -56,11 +55,7 @@ class TransformerDocumentEncoder(nn.Module):
             for i in range(depth)
         )
         self.norm = LayerNorm(dim)
-        for m in self.blocks.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights_jax(self.blocks)
 
     def forward(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         tokens = self.embed(input_ids)

@@ -276,8 +276,10 @@ def generate_retrieval_pairs(
         raise ValueError(
             f"topics_per_doc must be in [1, num_topics), got {topics_per_doc} with num_topics={num_topics}"
         )
-    if not 0 < min_bytes <= max_bytes:
-        raise ValueError(f"need 0 < min_bytes <= max_bytes, got {min_bytes}, {max_bytes}")
+    if not 2 * topics_per_doc <= min_bytes <= max_bytes:
+        # each section needs at least one topic letter and its separator, or the label is lost
+        raise ValueError(f"need 2 * topics_per_doc ({2 * topics_per_doc}) <= min_bytes <= max_bytes, "
+                         f"got {min_bytes}, {max_bytes}")
     rng = np.random.default_rng(seed)
     topic_words, common_words = make_lexicons(num_topics)
 

@@ -29,6 +29,7 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 from torch_geometric.utils import to_dense_batch
 
+from bixt.engine.reproducibility import host_rngs_restored, seed_host_rngs
 from bixt.metrics.partseg import make_part_mask
 
 log = logging.getLogger(__name__)
@@ -586,18 +587,9 @@ class PointCloudDataset(Dataset):
 
 def _seeded(fn: Callable, data: Data, seed: int) -> Data:
     """Run ``fn`` under fixed torch / python / numpy RNG states without disturbing the callers'."""
-    import random
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2 ** 32)
-        try:
-            return fn(data)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    with host_rngs_restored():
+        seed_host_rngs(seed)
+        return fn(data)
 
 
 def collate_point_clouds(data_list: Sequence[Data]) -> dict[str, torch.Tensor]:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bixt.checkpoint import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 LAST = "last.pth"
@@ -95,27 +97,7 @@ def resolve_resume(resume: Any, run_dir: str | None) -> Path | None:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Initial weights from an official or bixt checkpoint (zip, wrapped, ``module.``-prefixed...).
-
-    One home for that logic: :func:`bixt.checkpoint.load_checkpoint`; timm's loader is the
-    fallback for builds without it.
-    """
-    if not Path(path).exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        from bixt.checkpoint import load_checkpoint
-    except ImportError:
-        from timm.models import load_checkpoint
-    result = load_checkpoint(model, str(path), strict=strict)
-    log.info("loaded weights from %s%s", path, f" ({result})" if result else "")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+    """Initial weights from an official or bixt checkpoint (zip, wrapped, ``module.``-prefixed...):
+    :func:`bixt.checkpoint.load_checkpoint` is the one home for that logic."""
+    load_checkpoint(model, str(path), strict=strict)
+    log.info("loaded weights from %s", path)

@@ -30,11 +30,12 @@ class TopKEvaluator:
 
     def update(self, outputs: torch.Tensor, batch: Any) -> None:
         logits, targets = outputs.float(), batch[1]
+        if self.correct.device != logits.device:  # accumulate where the logits are: no sync per batch
+            self.correct, self.loss_sum, self.count = (t.to(logits.device) for t in (self.correct, self.loss_sum, self.count))
         top = logits.topk(max(self.topk), dim=-1).indices  # (B, kmax)
         hits = top == targets[:, None]
-        for i, k in enumerate(self.topk):
-            self.correct[i] += hits[:, :k].any(dim=-1).sum().item()
-        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        self.correct += torch.stack([hits[:, :k].any(dim=-1).sum() for k in self.topk])
+        self.loss_sum += F.cross_entropy(logits, targets, reduction="sum")
         self.count += targets.numel()
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -70,7 +71,8 @@ class ClassificationAdapter:
                  sample_name: str = "samples"):
         self.num_classes = num_classes
         self.sample_name = sample_name
-        mixup = dict(mixup or {})
+        # unset alphas mean off here (timm's Mixup would default mixup_alpha to 1.0)
+        mixup = {"mixup_alpha": 0.0, **(mixup or {})}
         active = mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0 or mixup.get("cutmix_minmax")
         self.mixup = Mixup(num_classes=num_classes, label_smoothing=smoothing, **mixup) if active else None
         self.criterion = build_loss(loss, smoothing, mixup=self.mixup is not None, bce_target_thresh=bce_target_thresh)

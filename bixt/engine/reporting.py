@@ -43,7 +43,8 @@ class MetricsWriter:
         """Drop records of epochs later than ``epoch`` (they belong to a run being redone)."""
         if not self.enabled:
             return
-        kept = [r for r in self.records() if r.get("epoch", 0) <= epoch]
+        # records without an epoch (final test / eval rows) belong to the run being redone too
+        kept = [r for r in self.records() if "epoch" in r and r["epoch"] <= epoch]
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.jsonl, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -14,6 +14,7 @@ bit for bit (on CPU). Three sources of randomness are involved, each handled sep
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any, Iterable, Iterator, Sized
 
@@ -85,27 +86,42 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        sample_seed = _mix(self.seed, epoch, index)
-        random.seed(sample_seed)
-        np.random.seed(sample_seed & 0xFFFFFFFF)
-        # the default generator directly: torch.manual_seed also visits every accelerator (~100x slower)
-        torch.default_generator.manual_seed(sample_seed & 0x7FFFFFFFFFFFFFFF)
+        seed_host_rngs(_mix(self.seed, epoch, index))
         return self.dataset[index]
+
+
+def seed_host_rngs(seed: int) -> None:
+    """Seed ``random``, ``numpy`` and torch's CPU generator: what per-sample data code draws from.
+
+    The default generator directly: ``torch.manual_seed`` also visits every accelerator (~100x
+    slower, and it would move the GPU stream that dropout in training draws from).
+    """
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.default_generator.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
+
+
+@contextlib.contextmanager
+def host_rngs_restored() -> Iterator[None]:
+    """Restore the ``random``, ``numpy`` and torch CPU generator states on exit."""
+    saved = (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.default_generator.set_state(saved[2])
 
 
 def rng_guarded(iterable: Iterable) -> Iterator:
     """Iterate, restoring the global RNG states after each item is produced (per batch, cheap)."""
     iterator = iter(iterable)
     while True:
-        saved = (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.default_generator.set_state(saved[2])
+        with host_rngs_restored():
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
         yield item
 
 

@@ -5,7 +5,6 @@ import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -234,9 +233,7 @@ class _Engine:
             last = self.run_dir / ckpt_io.LAST
             ckpt_io.atomic_save(state, last)
             if is_best:
-                tmp = self.run_dir / f".{ckpt_io.BEST}.tmp"
-                shutil.copyfile(last, tmp)
-                os.replace(tmp, self.run_dir / ckpt_io.BEST)
+                ckpt_io.atomic_save(state, self.run_dir / ckpt_io.BEST)
         barrier(self.env)
 
     def _restore(self, path: Path) -> dict[str, Any]:
@@ -370,12 +367,16 @@ class _Engine:
 
     def _test(self, test_sets: dict[str, Dataset]) -> dict[str, float]:
         best_path = self.run_dir / ckpt_io.BEST
-        if self.tcfg.test_with == "best" and best_path.is_file():
-            state = torch.load(best_path, map_location="cpu", weights_only=True)
+        # self.best is set once this run (or the one it resumes) has written best.pth: a file left
+        # in the directory by an earlier run is never picked up
+        if self.tcfg.test_with == "best" and self.tcfg.save_best and self.best is not None and best_path.is_file():
+            state = ckpt_io.load_training_checkpoint(best_path)
             self.raw_model.load_state_dict(state["state_dict"])
             if self.ema is not None and "state_dict_ema" in state:
                 self.ema.module.load_state_dict(state["state_dict_ema"])
             log.info("test sets evaluated with the best checkpoint (epoch %d)", state["epoch"])
+        elif self.tcfg.test_with == "best":
+            log.info("test sets evaluated with the last weights (no best checkpoint from this run)")
         out: dict[str, Any] = {}
         for name, ds in test_sets.items():
             out.update(self.evaluate_all(self._eval_loader(ds), f"test_{name}"))

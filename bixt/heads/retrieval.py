@@ -8,16 +8,14 @@ head classifies the pair from ``[u, v, u * v, u - v]``. Any module mapping
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from bixt.core import BiXTEncoder
+from bixt.core.layers import LayerNorm
 from bixt.tokenizers.text import PAD_ID, ByteEmbedding
-
-LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 class RetrievalHead(nn.Module):
