@@ -212,8 +212,8 @@ class LayerNorm(nn.LayerNorm):
     fp32 weights and writes bf16 directly.
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim, eps=1e-6)
+    def __init__(self, dim: int, **kwargs) -> None:  # kwargs: timm's norm_layer passes device / dtype
+        super().__init__(dim, eps=1e-6, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.bfloat16 and not self.training and x.device.type == "cpu" and _cpu_bf16_autocast():
