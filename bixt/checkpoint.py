@@ -63,7 +63,7 @@ def _read_zip(path: Path) -> object:
 def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False, source: str = "checkpoint") -> StateDict:
     """Pick the weights out of a training checkpoint and strip ``module.`` prefixes."""
     state = checkpoint
-    order = ("state_dict_ema", "model_ema", "state_dict", "model") if use_ema else WRAPPER_KEYS
+    order = ("state_dict_ema", "model_ema") if use_ema else WRAPPER_KEYS
     for key in order:
         inner = checkpoint.get(key)
         if isinstance(inner, Mapping) and inner:

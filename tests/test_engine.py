@@ -303,8 +303,20 @@ def test_topk_evaluator():
 def test_mixup_adapter_makes_soft_targets_and_checks_batch_size():
     ad = ClassificationAdapter(4, loss="bce", mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0})
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    original = x.clone()  # timm mixes in place
+    np.random.seed(0)
     mx, my = ad.train_batch_transform((x, y))
     assert my.shape == (4, 4) and torch.allclose(my.sum(1), torch.ones(4))
     assert ad.loss(torch.zeros(4, 4), (mx, my)).item() == pytest.approx(np.log(2), rel=1e-4)
     with pytest.raises(ValueError, match="even batch size"):
         ad.train_batch_transform((x[:3], y[:3]))
+    assert not torch.equal(mx, original) and bool((my < 1).any())  # samples and targets were mixed
+
+
+def test_mixup_config_defaults_and_label_smoothing():
+    cutmix_only = ClassificationAdapter(4, mixup={"cutmix_alpha": 1.0})
+    assert cutmix_only.mixup.mixup_alpha == 0.0 and cutmix_only.mixup.cutmix_alpha == 1.0
+    assert ClassificationAdapter(4, smoothing=0.1, mixup={"cutmix_alpha": 1.0}).mixup.label_smoothing == 0.1
+    explicit = ClassificationAdapter(4, smoothing=0.1, mixup={"mixup_alpha": 0.2, "label_smoothing": 0.0})
+    assert explicit.mixup.label_smoothing == 0.0
+    assert ClassificationAdapter(4, mixup={}).mixup is None

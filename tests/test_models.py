@@ -83,8 +83,9 @@ def _official_training_checkpoint(golden):
 def test_checkpoint_forms_round_trip(golden, tmp_path, form):
     ckpt = _official_training_checkpoint(golden)
     path = tmp_path / "model_best.pth.tar"
-    if form == "ema":
-        ckpt["state_dict_ema"] = ckpt.pop("state_dict")
+    if form == "ema":  # the EMA holds the golden weights, the raw weights are something else
+        ckpt["state_dict_ema"] = ckpt["state_dict"]
+        ckpt["state_dict"] = {k: torch.zeros_like(v) for k, v in ckpt["state_dict"].items()}
     elif form == "model":
         ckpt = {"model": ckpt["state_dict"]}
     elif form == "plain":
@@ -103,6 +104,14 @@ def test_checkpoint_forms_round_trip(golden, tmp_path, form):
         load_checkpoint(model, path)
     with torch.no_grad():
         assert (model(golden["input"]) - golden["logits"]).abs().max() <= 1e-5
+
+
+def test_use_ema_without_ema_weights_is_an_error(golden, tmp_path):
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(_official_training_checkpoint(golden), path)
+    model = timm.create_model("bixt_ti_l64_p16", **golden["kwargs"])
+    with pytest.raises(KeyError, match="no EMA weights"):
+        load_checkpoint(model, path, use_ema=True)
 
 
 @pytest.mark.parametrize("suffix", ["pth.tar", "zip"])
@@ -224,3 +233,15 @@ def test_eval_after_fused_optimizer_steps_matches_a_fresh_copy():
             fresh = timm.create_model("bixt_ti_l64_p16", **kwargs).eval()
             fresh.load_state_dict(model.state_dict())
             torch.testing.assert_close(out, fresh(x), atol=1e-6, rtol=1e-6)
+    # weights changed in eval mode, no mode switch: the version counters must invalidate the caches
+    with torch.no_grad():
+        model(x)
+        for p in model.parameters():
+            p.add_(0.01)
+        fresh = timm.create_model("bixt_ti_l64_p16", **kwargs).eval()  # a new model: no caches at all
+        fresh.load_state_dict(model.state_dict())
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-6, rtol=1e-6)
+        # and a cache filled under bf16 autocast is not served to an fp32 forward
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-6, rtol=1e-6)

@@ -72,9 +72,9 @@ class ClassificationAdapter:
         self.num_classes = num_classes
         self.sample_name = sample_name
         # unset alphas mean off here (timm's Mixup would default mixup_alpha to 1.0)
-        mixup = {"mixup_alpha": 0.0, **(mixup or {})}
-        active = mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0 or mixup.get("cutmix_minmax")
-        self.mixup = Mixup(num_classes=num_classes, label_smoothing=smoothing, **mixup) if active else None
+        mixup = {"mixup_alpha": 0.0, "label_smoothing": smoothing, **(mixup or {})}
+        active = mixup["mixup_alpha"] > 0 or mixup.get("cutmix_alpha", 0) > 0 or mixup.get("cutmix_minmax")
+        self.mixup = Mixup(num_classes=num_classes, **mixup) if active else None
         self.criterion = build_loss(loss, smoothing, mixup=self.mixup is not None, bce_target_thresh=bce_target_thresh)
 
     def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:

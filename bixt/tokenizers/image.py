@@ -76,7 +76,9 @@ class FourierPosEncoding2d(nn.Module):
         # autograd (it may precede updates that skip the version counter, e.g. fused optimizers).
         cacheable = (not self.training and not (torch.is_grad_enabled() and weight.requires_grad)
                      and not torch.compiler.is_compiling())
-        key = (height, width, weight.dtype, weight.device, tensor_versions(weight, bias))
+        dev = weight.device.type
+        autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        key = (height, width, weight.dtype, weight.device, autocast, tensor_versions(weight, bias))
         if cacheable and self._cache_key == key:
             return self._cache
         if not cacheable and not torch.compiler.is_compiling():
