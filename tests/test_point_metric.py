@@ -85,8 +85,12 @@ def test_evaluator_instance_vs_class_miou():
     assert metrics["iou/lamp"] == pytest.approx(0.5)
     assert metrics["point_accuracy"] == pytest.approx(7 / 9)
     # Summing two evaluators' states (as DDP does) equals one evaluator seeing everything.
-    doubled = {k: v * 2 for k, v in state.items()}
-    assert ev.compute(doubled)["instance_miou"] == pytest.approx(metrics["instance_miou"])
+    first, second = PartSegEvaluator(PART_MASK, ["mug", "lamp"]), PartSegEvaluator(PART_MASK, ["mug", "lamp"])
+    first.update(logits_for([0, 0, 1, 1]), {"labels": torch.tensor([[0, 0, 1, 1]]), "category": torch.tensor([0])})
+    second.update(logits_for([2, 4, 3]), {"labels": torch.tensor([[2, 2, 3]]), "category": torch.tensor([1])})
+    summed = {k: first.state()[k] + second.state()[k] for k in state}
+    assert ev.compute(summed)["instance_miou"] == pytest.approx((1.0 + 0.5) / 2)
+    assert ev.compute(summed)["class_miou"] == pytest.approx((1.0 + 0.5) / 2)
     table = format_category_table(metrics, ["mug", "lamp"])
     assert "mug" in table and "62.50" in table and "instance mIoU" in table
 

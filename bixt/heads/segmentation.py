@@ -97,10 +97,9 @@ class PartSegmentationHead(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,
-        token_mask: torch.Tensor,
+        token_mask: Optional[torch.Tensor],
         centres: torch.Tensor,
         pos: torch.Tensor,
-        point_mask: Optional[torch.Tensor] = None,
         features: Optional[torch.Tensor] = None,
         latents: Optional[torch.Tensor] = None,
         category: Optional[torch.Tensor] = None,
@@ -119,7 +118,8 @@ class PartSegmentationHead(nn.Module):
             )
         per_point = torch.cat([per_point, self.point_embed(point_inputs)], dim=-1)
 
-        context = [tokens.masked_fill(~token_mask.unsqueeze(-1), float("-inf")).amax(dim=1)]
+        real_tokens = tokens if token_mask is None else tokens.masked_fill(~token_mask.unsqueeze(-1), float("-inf"))
+        context = [real_tokens.amax(dim=1)]
         if self.latent_norm is not None:
             if latents is None:
                 raise ValueError("this head was built with latent_dim set, so it needs the encoder's latents")
@@ -159,6 +159,6 @@ class PointSegmenter(nn.Module):
         point_tokens: PointTokens = self.tokenizer(pos, point_mask, features)
         latents, tokens = self.encoder(point_tokens.tokens, point_tokens.encoder_mask)
         return self.head(
-            tokens, point_tokens.token_mask, point_tokens.centres, pos, point_mask,
+            tokens, point_tokens.encoder_mask, point_tokens.centres, pos,
             features=features, latents=latents, category=category,
         )

@@ -35,13 +35,18 @@ def _check_cloud(pos: torch.Tensor, point_mask: Optional[torch.Tensor], name: st
 
 
 def _check_enough_points(point_mask: Optional[torch.Tensor], num_points: int, needed: int, what: str) -> None:
-    """Raise if any cloud has fewer real points than ``needed`` (one host sync, skipped when unmasked)."""
+    """Raise if any cloud has fewer real points than ``needed`` (a host sync on CPU only; none unmasked)."""
     if point_mask is None:
         if num_points < needed:
             raise ValueError(f"clouds have {num_points} points but {what} needs at least {needed}")
         return
     counts = point_mask.sum(dim=1)
-    if not torch.compiler.is_compiling() and bool((counts < needed).any()):
+    if torch.compiler.is_compiling():
+        return
+    if counts.device.type != "cpu":  # checked on the device: no host sync per step
+        torch._assert_async((counts >= needed).all(), f"a cloud has fewer real points than {what} needs ({needed})")
+        return
+    if bool((counts < needed).any()):
         bad = (counts < needed).nonzero().flatten().tolist()
         raise ValueError(
             f"cloud(s) at batch index {bad} have {[int(counts[i]) for i in bad]} real points but {what} needs "
@@ -296,7 +301,8 @@ class PointwiseTokenizer(nn.Module):
         if self.feature_mlp is not None:
             tokens = tokens + self.feature_mlp(features)
         if point_mask is None:
-            point_mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+            mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+            return PointTokens(tokens=tokens, token_mask=mask, centres=pos, all_real=True)
         tokens = tokens * point_mask.unsqueeze(-1).to(tokens.dtype)
         return PointTokens(tokens=tokens, token_mask=point_mask, centres=pos)
 
