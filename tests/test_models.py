@@ -213,6 +213,8 @@ def test_bad_model_arguments():
         BiXT(bogus=1)
     with pytest.raises(ValueError, match="stride must be one of"):
         BiXT(stride=5)
+    with pytest.raises(ValueError, match="must be even"):
+        BiXT(patch_size=7, stride=4, img_size=32)
 
 
 def test_eval_after_fused_optimizer_steps_matches_a_fresh_copy():

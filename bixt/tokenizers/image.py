@@ -11,7 +11,7 @@ from torch import nn
 from bixt.core.layers import tensor_versions
 
 # stride name -> (stride, padding) for a 16x16 kernel (p16, p16s8, p16s4)
-PATCH_STRIDES = {16: 0, 8: 4, 4: 6}
+PATCH_STRIDES = (4, 8, 16)  # the published 16x16 variants (padding (16 - stride) / 2 keeps the grid at H / stride)
 
 
 def fourier_features_2d(
@@ -109,9 +109,12 @@ class PatchTokenizer(nn.Module):
         stride = stride or patch_size
         if patch_size == 16 and stride not in PATCH_STRIDES:
             raise ValueError(f"stride must be one of {sorted(PATCH_STRIDES)} for 16x16 patches, got {stride}")
+        if stride > patch_size or (patch_size - stride) % 2:
+            raise ValueError(f"patch_size - stride must be even and >= 0 (symmetric padding), got patch_size="
+                             f"{patch_size}, stride={stride}")
         self.in_chans = in_chans
         self.stride = stride
-        self.padding = PATCH_STRIDES.get(stride, 0) if patch_size == 16 else (patch_size - stride) // 2
+        self.padding = (patch_size - stride) // 2
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=stride, padding=self.padding)
         # Channels-last pays when the token map outweighs the image (stride 4: 12x the values);
         # at stride 16 the transposing copy of the image costs more than it saves.
