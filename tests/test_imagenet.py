@@ -284,3 +284,14 @@ def test_two_process_ddp_step_equals_single_process(tmp_path):
     for name, tensor in single["state_dict"].items():
         torch.testing.assert_close(ddp["state_dict"][name], tensor, rtol=0, atol=1e-6)
     assert len(ddp["rng"]) == 2 and not torch.equal(ddp["rng"][0]["torch"], ddp["rng"][1]["torch"])
+
+
+def test_eval_only_class_order_from_folder_names_matches_the_training_reader(tmp_path):
+    from bixt.data.images import ImageFolderDataset, folder_class_to_idx
+
+    for name in ("n10", "n2", "b", "A", "n1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.jpg").write_bytes(b"")  # listed, never read
+    expected = ImageFolderDataset(tmp_path, None).class_to_idx
+    assert folder_class_to_idx(tmp_path) == expected
+    assert list(expected) != sorted(expected)  # natural order, not plain string order

@@ -299,6 +299,14 @@ def _load_hf(data_cfg: Any):
     return ds
 
 
+def folder_class_to_idx(root: Path) -> dict[str, int]:
+    """Class indices of a ``root/<class>/<image>`` folder, ordered as timm's folder reader orders
+    them (natural sort of the class names), from the folder names alone."""
+    from timm.utils.misc import natural_key
+
+    return {c: i for i, c in enumerate(sorted((d.name for d in root.iterdir() if d.is_dir()), key=natural_key))}
+
+
 def build_image_datasets(data_cfg: Any, img_size: int, eval_only: bool = False) -> tuple[Optional[Dataset], Dataset, int]:
     """``(train, val, num_classes)`` for ``data.source`` in embedded | folder | hf.
 
@@ -317,17 +325,20 @@ def build_image_datasets(data_cfg: Any, img_size: int, eval_only: bool = False) 
             raise ValueError("data=folder needs data.root=DIR holding train/<class>/ and val/<class>/ image folders")
         root = Path(str(data_cfg.root))
         train_dir, val_dir = root / data_cfg.train_split, root / data_cfg.val_split
-        train = None
-        if not eval_only or train_dir.is_dir():  # evaluation alone may take its classes from val/
+        train, class_to_idx = None, None
+        if not eval_only:
             train = ImageFolderDataset(train_dir, train_tf, on_bad_image=data_cfg.on_bad_image)
-        if train is not None and val_dir.is_dir():
-            extra = sorted({p.name for p in val_dir.iterdir() if p.is_dir()} - set(train.class_to_idx))
+            class_to_idx = train.class_to_idx
+        elif train_dir.is_dir():  # the class order of training, without listing every training image
+            class_to_idx = folder_class_to_idx(train_dir)
+        # (evaluation alone without train/ takes its classes from val/)
+        if class_to_idx is not None and val_dir.is_dir():
+            extra = sorted({p.name for p in val_dir.iterdir() if p.is_dir()} - set(class_to_idx))
             if extra:
                 raise ValueError(f"{val_dir} has class folders missing from {train_dir}: {extra[:10]}")
-        val = ImageFolderDataset(val_dir, val_tf, class_to_idx=train.class_to_idx if train is not None else None,
-                                 on_bad_image=data_cfg.on_bad_image)
+        val = ImageFolderDataset(val_dir, val_tf, class_to_idx=class_to_idx, on_bad_image=data_cfg.on_bad_image)
         num_classes = data_cfg.num_classes or len(val.class_to_idx)
-        return (None if eval_only else train), val, num_classes
+        return train, val, num_classes
     if source == "hf":
         ds = _load_hf(data_cfg)
         kw = dict(image_column=data_cfg.image_column, label_column=data_cfg.label_column,

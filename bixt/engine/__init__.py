@@ -31,7 +31,7 @@ Public API (stable)
     Seed ``random``, ``numpy`` and ``torch``. Tasks call it with ``cfg.trainer.seed`` before
     building data and model.
 
-``init_distributed(device="auto") -> DistEnv``
+``init_distributed(device_spec="auto") -> DistEnv``
     Join the torchrun process group early (idempotent; ``run`` calls it too), e.g. to know
     ``rank``/``world_size`` while preparing data.
 

@@ -293,7 +293,6 @@ class _Engine:
             log.warning("the training set has %d samples per process, fewer than trainer.batch_size=%d: "
                         "training with batches of %d", sampler.num_samples, batch_size, sampler.num_samples)
             batch_size = sampler.num_samples
-        self.batch_size = batch_size
         train_loader = self._loader(SeededDataset(train_set, tcfg.seed), batch_size, sampler,
                                     drop_last=True, seed=tcfg.seed + env.rank)
         batches_per_epoch = sampler.num_samples // batch_size
