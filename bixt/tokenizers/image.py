@@ -76,10 +76,8 @@ class FourierPosEncoding2d(nn.Module):
         # autograd (it may precede updates that skip the version counter, e.g. fused optimizers).
         cacheable = (not self.training and not (torch.is_grad_enabled() and weight.requires_grad)
                      and not torch.compiler.is_compiling())
-        dev = weight.device.type
-        autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        key = (height, width, weight.dtype, weight.device, autocast, tensor_versions(weight, bias))
-        if cacheable and self._cache_key == key:
+        key = self._cache_key_for(height, width) if cacheable else None
+        if key is not None and self._cache_key == key:
             return self._cache
         if not cacheable and not torch.compiler.is_compiling():
             self._cache_key = self._cache = None
@@ -90,6 +88,12 @@ class FourierPosEncoding2d(nn.Module):
             self._cache_key, self._cache = key, pos
         return pos
 
+    def _cache_key_for(self, height: int, width: int) -> tuple:
+        weight = self.proj.weight
+        dev = weight.device.type  # autocast changes the result's precision
+        autocast = (torch.get_autocast_dtype(dev)
+                    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev) else None)
+        return height, width, weight.dtype, weight.device, autocast, tensor_versions(weight, self.proj.bias)
 
     def train(self, mode: bool = True) -> "FourierPosEncoding2d":
         self._cache_key = self._cache = None
