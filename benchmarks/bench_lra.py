@@ -4,7 +4,7 @@
     python benchmarks/bench_lra.py --quick          # batch 4, 1 warm-up + 2 rounds
     python benchmarks/bench_lra.py --batch 8 --repeats 5 --out /tmp/lra
 
-Both models come from the task's Hydra configs (``configs/lra_retrieval/model/{bixt,transformer}.yaml``:
+Both models come from the task's Hydra configs (``bixt/configs/lra_retrieval/model/{bixt,transformer}.yaml``:
 dim 128, 4 layers, 4 heads, MLP 512; BiXT with 32 latents), built exactly as
 ``python -m bixt.tasks.lra_retrieval model=...`` builds them, and read pairs of random 4000-byte
 documents (every byte real, as for AAN documents at the LRA cut). In one run:
@@ -40,7 +40,7 @@ from common import (  # noqa: E402
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs" / "lra_retrieval"
+CONFIG_DIR = REPO / "bixt" / "configs" / "lra_retrieval"
 MODELS = ("bixt", "transformer")
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from bixt.core.layers import cpu_kernel_available
+
 __all__ = [
     "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",
     "machine_info", "markdown_table", "set_threads", "build_model", "cpu_snapshot", "other_load",
@@ -70,6 +72,14 @@ def _cpu_flags() -> list[str]:
     return []
 
 
+def isa_label(info: dict[str, Any]) -> str:
+    """The instruction sets that decide which kernels run, e.g. ``AVX2 (no native bf16)`` or
+    ``AVX512 + amx_bf16 + avx512_bf16``."""
+    extras = [f for f in info.get("cpu_flags", []) if f in ("amx_bf16", "avx512_bf16", "avx512_fp16")]
+    label = " + ".join([str(info.get("cpu_capability", "unknown")).upper()] + extras)
+    return label if info.get("bf16_gemm") else f"{label} (no native bf16 GEMM)"
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on (stored next to them in every results file)."""
     import timm
@@ -86,6 +96,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_gemm": cpu_kernel_available("bf16"),
     }
 
 

@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bixt.core.layers import cpu_kernel_available  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    MemorySpec, build_model, count_flops, cpu_snapshot, interleaved_timing, machine_info, markdown_table,
+    MemorySpec, build_model, count_flops, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
     measure_peak_memory, other_load, set_threads,
 )
 
@@ -171,6 +172,16 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def _autocast(dtype_name: str):
     dtype = DTYPES[dtype_name]
     return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def skip_reason(dtype_name: str) -> Optional[str]:
+    """Why timings of ``dtype_name`` are not taken on this CPU (None: they are). Without native bf16
+    GEMMs (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX for oneDNN) bf16 products are emulated at a
+    small fraction of the fp32 rate: the rows would take minutes and measure only the emulation."""
+    if dtype_name == "bf16" and not cpu_kernel_available("bf16"):
+        return ("skipped: this CPU has no native bf16 GEMM (oneDNN needs AVX-512 BW/VL/DQ, AVX-NE-CONVERT or "
+                "AMX), bf16 would be emulated; the bf16 accuracy check still runs")
+    return None
 
 
 def forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) -> Callable[[], Any]:
@@ -320,6 +331,14 @@ class Bench:
             self.setup_errors[key] = f"{failure_prefix}: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
         return key
 
+    def add_or_skip(self, row: dict, make: Callable[[], Callable[[], Any]], failure_prefix: str = "failed") -> None:
+        """Time ``row`` unless its dtype cannot run natively here; then the row says why."""
+        reason = skip_reason(row["dtype"])
+        if reason:
+            row["status"] = reason
+        else:
+            self.add(row["key"], make, failure_prefix)
+
     # models ----------------------------------------------------------------------------------------
     def setup_models(self) -> None:
         from bixt.engine.config import OptimConfig
@@ -359,11 +378,12 @@ class Bench:
                                 # One optimizer per configuration; eager and compiled share the weights.
                                 opt = build_optimizer(params, OptimConfig(name="adamw", weight_decay=0.05), lr=1e-4)
                                 return train_step_fn(m, opt, x, y, d)
-                        self.add(key, make, "compile failed" if mode == "compiled" else "failed")
-                        rows.append(dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label,
-                                         role="model" if net is plan.model else "baseline", task=task,
-                                         batch=batch, dtype=dtype, mode=mode,
-                                         img_size=net.img_size, gflops_per_image=gflops[task]))
+                        row = dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label,
+                                   role="model" if net is plan.model else "baseline", task=task,
+                                   batch=batch, dtype=dtype, mode=mode,
+                                   img_size=net.img_size, gflops_per_image=gflops[task])
+                        self.add_or_skip(row, make, "compile failed" if mode == "compiled" else "failed")
+                        rows.append(row)
         self.setup_model_bounds(rows)
         self.results["models"] = rows
 
@@ -381,10 +401,11 @@ class Bench:
             def make(d=dtype):
                 torch.manual_seed(self.seed)
                 return reference_forward_fn(reference.build().eval(), images, d)
-            self.add(key, make)
-            rows.append(dict(key=key, model=net.model, kwargs=reference.kwargs, label=reference.label,
-                             role="reference", task="forward", batch=plan.fwd_batch, dtype=dtype, mode="plain ops",
-                             img_size=net.img_size, gflops_per_image=gflops))
+            row = dict(key=key, model=net.model, kwargs=reference.kwargs, label=reference.label,
+                       role="reference", task="forward", batch=plan.fwd_batch, dtype=dtype, mode="plain ops",
+                       img_size=net.img_size, gflops_per_image=gflops)
+            self.add_or_skip(row, make)
+            rows.append(row)
         key = f"{net.label} | linear layers only | b{plan.fwd_batch} | fp32 | eager"
         replay_gflop = {}
 
@@ -405,10 +426,11 @@ class Bench:
             flop = 2 * case["m"] * case["k"] * case["n"]
             inner = max(1, round(self.plan.matmul_target_gflop * 1e9 / flop))
             for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-                key = f"mm {case['name']} | {dtype_name}"
-                self.add(key, lambda c=case, d=dtype, i=inner: matmul_fn(c["m"], c["k"], c["n"], d, i))
-                rows.append(dict(key=key, case=case["name"], about=case["about"], m=case["m"], k=case["k"],
-                                 n=case["n"], dtype=dtype_name, inner_repeats=inner, gflop_per_call=flop * inner / 1e9))
+                row = dict(key=f"mm {case['name']} | {dtype_name}", case=case["name"], about=case["about"],
+                           m=case["m"], k=case["k"], n=case["n"], dtype=dtype_name, inner_repeats=inner,
+                           gflop_per_call=flop * inner / 1e9)
+                self.add_or_skip(row, lambda c=case, d=dtype, i=inner: matmul_fn(c["m"], c["k"], c["n"], d, i))
+                rows.append(row)
         self.results["matmul"] = rows
 
     # scaling ---------------------------------------------------------------------------------------
@@ -624,13 +646,15 @@ def _fmt_ratio(value: Optional[float], name: str) -> str:
 def report(results: dict[str, Any]) -> str:
     parts = []
     meta = results["meta"]
-    parts.append(f"# bixt perf ({meta['mode']}): {meta['machine']['cpu_model']}, {meta['machine']['threads']} threads, "
+    where = f"{meta['machine']['cpu_model']} [{isa_label(meta['machine'])}]"
+    parts.append(f"# bixt perf ({meta['mode']}): {meta['machine']['cpu_model']} [{isa_label(meta['machine'])}], "
+                 f"{meta['machine']['threads']} threads, "
                  f"torch {meta['machine']['torch']}, load average at start {meta['machine']['load_average']}, "
                  f"CPUs used by other processes during the run {meta['machine'].get('other_processes_cpus')}")
     if results.get("matmul"):
         rows = [(r["case"], f"{r['m']}x{r['k']}x{r['n']}", r["dtype"], r.get("gflop_per_s"), r.get("status"))
                 for r in results["matmul"]]
-        parts.append("## Matrix product (torch.mm)\n" + markdown_table(["case", "m x k x n", "dtype", "GFLOP/s", "status"], rows))
+        parts.append(f"## Matrix product (torch.mm) — {where}\n" + markdown_table(["case", "m x k x n", "dtype", "GFLOP/s", "status"], rows))
         ref = results.get("matmul_reference", {})
         parts.append("reference rate = " + ", ".join(f"{d}: {v['gflop_per_s']:.1f} GFLOP/s ({v['case']})" for d, v in ref.items()))
     if results.get("models"):
@@ -638,14 +662,14 @@ def report(results: dict[str, Any]) -> str:
                  1e3 * r["median_s"] if r.get("median_s") else None, r["gflops_per_image"], r.get("gflop_per_s"),
                  r.get("matmul_fraction"), r.get("first_call_s"), r.get("status"))
                 for r in results["models"]]
-        parts.append("## Models\n" + markdown_table(
+        parts.append(f"## Models — {where}\n" + markdown_table(
             ["model", "px", "task", "batch", "dtype", "mode", "img/s", "ms/iter", "GFLOP/img", "GFLOP/s", "/ matmul",
              "1st call s", "status"], rows))
     if results.get("scaling"):
         rows = [(r["family"], r["tokens"], r["label"], r["img_size"], r["batch"], r["gflops_per_image"],
                  r.get("images_per_s"), r.get("peak_mb_per_image"), r.get("status", "ok"), r.get("memory_status", "–"))
                 for r in sorted(results["scaling"], key=lambda r: (r["tokens"], r["family"]))]
-        parts.append("## Token-count scaling (fp32 forward, eager)\n" + markdown_table(
+        parts.append(f"## Token-count scaling (fp32 forward, eager) — {where}\n" + markdown_table(
             ["family", "tokens", "model", "px", "batch", "GFLOP/img", "img/s", "peak MB/img", "status", "memory"], rows))
     if results.get("accuracy"):
         acc = results["accuracy"]
@@ -664,7 +688,7 @@ def report(results: dict[str, Any]) -> str:
 def summary_block(results: dict[str, Any]) -> str:
     meta = results["meta"]
     machine = meta["machine"]
-    lines = [f"=== bixt perf summary: {meta['model']}, {machine['cpu_model']}, {machine['threads']} threads, "
+    lines = [f"=== bixt perf summary: {meta['model']}, {machine['cpu_model']} [{isa_label(machine)}], {machine['threads']} threads, "
              f"torch {machine['torch']}, mode {meta['mode']} ==="]
     ref = results.get("matmul_reference", {})
     if ref:
@@ -752,7 +776,8 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xticks(tokens, [str(t) for t in tokens])
             ax.minorticks_off()
         machine = results["meta"]["machine"]
-        ax.set_title(f"{machine['cpu_model']}, {machine['threads']} threads, {results['meta']['mode']} run", fontsize=9)
+        ax.set_title(f"{machine['cpu_model']} [{isa_label(machine)}], {machine['threads']} threads, "
+                     f"{results['meta']['mode']} run", fontsize=9)
         if ax.get_lines():
             ax.legend()
         ax.grid(True, which="both", alpha=0.3)

@@ -98,19 +98,31 @@ def test_only_rejects_unknown_sections():
 
 
 @pytest.mark.e2e
-def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
+@pytest.mark.parametrize("native_bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     pytest.importorskip("matplotlib")  # the `bench` extra
+    from bixt.core.layers import cpu_kernel_available, cpu_kernels_forced_off
+
+    if native_bf16 and not cpu_kernel_available("bf16"):
+        pytest.skip("this CPU has no native bf16 GEMM (the other case covers it)")
     threads = torch.get_num_threads()
     try:
-        perf.main(["--smoke", "--out", str(tmp_path)])
+        with cpu_kernels_forced_off(*([] if native_bf16 else ["bf16"])):
+            perf.main(["--smoke", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)  # the smoke plan runs single-threaded; leave the session as found
     printed = capsys.readouterr().out
     data = json.loads((tmp_path / "results.json").read_text())
     assert {"meta", "matmul", "matmul_reference", "models", "scaling", "accuracy", "summary"} <= set(data)
     assert data["meta"]["machine"]["threads"] >= 1 and data["meta"]["mode"] == "smoke"
-    assert set(data["matmul_reference"]) == {"fp32", "bf16"}
+    assert data["meta"]["machine"]["bf16_gemm"] is native_bf16
+    measured_dtypes = {"fp32", "bf16"} if native_bf16 else {"fp32"}
+    assert set(data["matmul_reference"]) == measured_dtypes
     for row in data["models"] + data["scaling"]:
+        if row.get("dtype", "fp32") not in measured_dtypes:
+            assert row["status"].startswith("skipped: this CPU has no native bf16 GEMM"), row
+            assert row["images_per_s"] is None
+            continue
         assert row["status"] == "ok", row
         assert row["images_per_s"] > 0 and row["gflops_per_image"] > 0 and row["matmul_fraction"] > 0
     assert {(r["task"], r["dtype"]) for r in data["models"] if r["role"] == "model"} == {
@@ -122,14 +134,19 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys):
     assert "ceiling: the model's linear layers" in printed and "plain-ops reference" in printed
     for row in data["scaling"]:
         assert row["memory_status"].startswith("ok") and row["peak_mb_per_image"] >= 0
-    assert data["accuracy"]["status"] == "ok"
+    assert data["accuracy"]["status"] == "ok"  # bf16 accuracy is checked on every CPU
     assert data["accuracy"]["fp32_vs_golden_max_abs"] < 1e-4  # fp32 path reproduces the golden features
     assert 0 < data["accuracy"]["features"]["max_rel_err"] < 0.05
     assert {c["name"] for c in data["summary"]} == set(perf.TARGETS)
     assert all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in data["summary"])
+    bf16_speed = next(c for c in data["summary"] if c["name"] == "bf16_over_fp32_forward_speed")
+    assert (bf16_speed["verdict"] == "N/A") is not native_bf16
     for name in ("throughput.png", "memory.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "=== bixt perf summary" in printed and "| model" in printed
+    isa = common.isa_label(data["meta"]["machine"])
+    assert printed.count(f"[{isa}]") >= 4  # next to the header, every table and the summary
+    assert ("no native bf16" in printed) is not native_bf16
 
 
 def test_other_load_excludes_own_cpu_time_and_busy_warning_uses_it():

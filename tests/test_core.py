@@ -320,3 +320,41 @@ def test_mlp_row_chunks_in_inference_match_one_pass(monkeypatch):
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(chunked_no_residual + residual, whole, atol=1e-5, rtol=1e-5)
     assert chunked.shape == (3, 7, 16)
+
+
+def test_cpu_kernel_probe_treats_a_refusing_kernel_as_missing(monkeypatch):
+    from bixt.core.layers import cpu_kernel_available, cpu_kernels_forced_off, probe_cpu_kernel
+
+    def refuse(*args, **kwargs):  # what oneDNN says on an AVX2-only CPU
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or "
+                           "avx512bw, avx512vl and avx512dq")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    assert probe_cpu_kernel("bf16") is False
+    with pytest.raises(ValueError, match="kind must be one of"):
+        cpu_kernel_available("int8")
+    with cpu_kernels_forced_off("fp32", "bf16"):
+        assert not cpu_kernel_available("fp32") and not cpu_kernel_available("bf16")
+        with cpu_kernels_forced_off("fp32"):  # nested: leaving the inner block keeps the outer one
+            pass
+        assert not cpu_kernel_available("fp32")
+    monkeypatch.undo()
+    assert cpu_kernel_available("fp32") == probe_cpu_kernel("fp32")
+    assert cpu_kernel_available("bf16") == probe_cpu_kernel("bf16")
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16"])
+def test_fast_path_forced_off_matches_the_plain_path(kind):
+    from bixt.core.layers import cpu_kernels_forced_off, set_fused_inference
+
+    enc = tiny(update_tokens_last=False)
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=kind == "bf16"):
+        with cpu_kernels_forced_off(kind):
+            forced_off = enc(x)[0]
+        previous = set_fused_inference(False)
+        try:
+            plain = enc(x)[0]
+        finally:
+            set_fused_inference(previous)
+    torch.testing.assert_close(forced_off, plain, rtol=0, atol=0)

@@ -22,7 +22,7 @@ from bixt.data.images import (BadImageError, HFImageDataset, ImageFolderDataset,
                               build_image_datasets, generate_shapes)
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs" / "imagenet"
+CONFIGS = REPO / "bixt" / "configs" / "imagenet"
 # a tiny BiXT and a tiny slice of the embedded data: each run takes seconds
 TINY = ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
         "model.kwargs.num_latents=8", "data.train_size=128", "data.val_size=64", "trainer.batch_size=16",

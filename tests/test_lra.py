@@ -224,7 +224,7 @@ def test_lra_scale_configs_match_the_lra_baseline():
     from bixt.heads.retrieval import BiXTDocumentEncoder
     from bixt.tasks.lra_retrieval import build_model
 
-    with initialize_config_dir(config_dir=str(REPO / "configs" / "lra_retrieval"), version_base=None):
+    with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "lra_retrieval"), version_base=None):
         bixt_cfg = compose("config", overrides=["experiment=aan", "data.root=unused"])
         tf_cfg = compose("config", overrides=["experiment=aan", "model=transformer", "data.root=unused"])
     assert bixt_cfg.data.name == "aan" and bixt_cfg.data.max_len == 4000 and bixt_cfg.trainer.batch_size == 32

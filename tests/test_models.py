@@ -247,3 +247,60 @@ def test_eval_after_fused_optimizer_steps_matches_a_fresh_copy():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(x)
         torch.testing.assert_close(model(x), fresh(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("forced_off", [False, True], ids=["this-cpu", "no-native-bf16"])
+def test_bf16_autocast_eval_and_training_on_every_cpu(golden, forced_off):
+    # CI machines differ: AVX-512/AMX CPUs take the oneDNN bf16 kernels, AVX2-only ones must fall
+    # back to plain autocast. Forcing the capability check off runs the fallback everywhere.
+    from contextlib import nullcontext
+
+    from bixt.core.layers import cpu_kernel_available, cpu_kernels_forced_off, set_fused_inference
+
+    if not forced_off and not cpu_kernel_available("bf16"):
+        pytest.skip("this CPU has no native bf16 GEMM: the no-native-bf16 case is this CPU's path")
+    model, x = _golden_model(golden), golden["input"]
+    with cpu_kernels_forced_off("bf16") if forced_off else nullcontext():
+        with torch.no_grad():
+            reference = model.forward_features(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                features = model.forward_features(x).float()
+                previous = set_fused_inference(False)
+                try:
+                    plain_autocast = model.forward_features(x).float()
+                finally:
+                    set_fused_inference(previous)
+        assert (features - reference).abs().max() / reference.abs().max() < 2e-2
+        if forced_off:  # nothing but autocast: the same numbers as with every fast path off
+            torch.testing.assert_close(features, plain_autocast, rtol=0, atol=0)
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), torch.arange(x.shape[0]) % 10)
+        loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_every_published_weight_file_has_a_model_of_its_name():
+    lines = (DATA / "published_weights.txt").read_text().splitlines()
+    names = [line.split()[0].removesuffix(".zip") for line in lines if line.strip() and not line.startswith("#")]
+    assert len(names) == 17
+    missing = [n for n in names if n not in timm.list_models("bixt_*")]
+    assert not missing
+    keys = {p.stem for p in OFFICIAL}
+    assert len(keys) == 24
+    for name in names:  # the published conv files use bixt_conv_ti_*, the key lists bixt_ti_cnv_*
+        assert name.replace("bixt_conv_ti_", "bixt_ti_cnv_") in keys
+
+
+@pytest.mark.parametrize("name", ["bixt_ed256LS_l64_p16s8_ft384", "bixt_ti_l64_d13_p16_ft384",
+                                  "bixt_ti_l64_d13_p16s8_ft384"])
+def test_new_ft384_names_run_at_384_and_any_grid(name):
+    model = timm.create_model(name, depth=2, embed_dim=32, num_heads=2, num_latents=8, num_classes=5).eval()
+    assert model.pretrained_cfg["input_size"] == (3, 384, 384) and not model.pretrained_cfg["fixed_input_size"]
+    assert model.pos_embed.grid_size is None  # resolution-adaptive positional encoding
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 384, 384)).shape == (1, 5)
+        assert model(torch.randn(1, 3, 224, 256)).shape == (1, 5)
+    if "LS" in name:
+        assert model.encoder.blocks[0].cross.ls_latents.gamma.shape == (32,)

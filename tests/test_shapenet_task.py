@@ -15,7 +15,7 @@ from bixt.tasks.shapenet_partseg import train
 from test_shapenet_data import write_shapenet_folder
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO / "configs" / "shapenet_partseg")
+CONFIG_DIR = str(REPO / "bixt" / "configs" / "shapenet_partseg")
 
 # A tiny model and a short run: behaviour, not accuracy.
 TINY = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from timm.layers import register_notrace_module
 from torch import nn
 
 from bixt.core.attention import BiCrossAttention
@@ -69,6 +70,7 @@ class CrossBlock(nn.Module):
         return latents, tokens, maps
 
 
+@register_notrace_module  # a leaf for torch.fx: the eager fast paths inside branch on dtypes and devices
 class BiXTLayer(nn.Module):
     """Cross-attention block followed by a standard transformer block on the latents."""
 

@@ -14,17 +14,16 @@ switches all of it off for reference runs.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import DropPath, LayerScale
+from timm.layers import DropPath, LayerScale, register_notrace_module
 from torch import nn
 
-_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_MKL_PACKED = _MKLDNN and hasattr(torch.ops, "mkl") and hasattr(torch.ops.mkl, "_mkl_linear")
 _fused_enabled = True
 MLP_CHUNK_ROWS = 8192  # inference row-chunk bound for MLPs (see Mlp.forward)
 
@@ -34,6 +33,59 @@ def set_fused_inference(enabled: bool) -> bool:
     global _fused_enabled
     previous, _fused_enabled = _fused_enabled, bool(enabled)
     return previous
+
+
+CPU_KERNELS = ("fp32", "bf16")
+_kernels_forced_off: set[str] = set()
+
+
+def cpu_kernel_available(kind: str) -> bool:
+    """Whether this CPU and torch build run the eager fast-path kernel ``kind`` (``"fp32"``: MKL's
+    packed GEMM, ``"bf16"``: oneDNN's bf16 GEMM with post-ops), and it is not forced off.
+
+    A missing or refusing kernel leaves that dtype on the plain ``F.linear`` path (plain autocast
+    for bf16).
+    """
+    if kind not in CPU_KERNELS:
+        raise ValueError(f"kind must be one of {CPU_KERNELS}, got {kind!r}")
+    return kind not in _kernels_forced_off and _kernels_probed[kind]
+
+
+@contextlib.contextmanager
+def cpu_kernels_forced_off(*kinds: str) -> Iterator[None]:
+    """Within the block, :func:`cpu_kernel_available` answers False for ``kinds``: runs the
+    fallback as on a CPU without those kernels (e.g. ``"bf16"`` on an AVX2-only CPU)."""
+    for kind in kinds:
+        if kind not in CPU_KERNELS:
+            raise ValueError(f"kind must be one of {CPU_KERNELS}, got {kind!r}")
+    added = set(kinds) - _kernels_forced_off
+    _kernels_forced_off.update(added)
+    try:
+        yield
+    finally:
+        _kernels_forced_off.difference_update(added)
+
+
+def probe_cpu_kernel(kind: str) -> bool:
+    """Run the kernel ``kind`` once on a tiny input and check its result.
+
+    These ops are private to torch and exist or work only on some builds and instruction sets
+    (oneDNN's bf16 path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT and refuses AVX2-only CPUs), so
+    asking the op itself is the only reliable test.
+    """
+    try:
+        with torch.no_grad():
+            x, w = torch.ones(4, 8), torch.ones(8, 8)
+            if kind == "fp32":
+                packed = torch.ops.mkl._mkl_reorder_linear_weight(w, 4)
+                out = torch.ops.mkl._mkl_linear(x, packed, w, None, 4)
+            else:
+                x, w = x.to(torch.bfloat16), w.to(torch.bfloat16)
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, 4)
+                out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.all(out.float() == 8.0))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -47,14 +99,15 @@ def _cpu_bf16_autocast() -> bool:
 
 
 def _fused_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The eager kernels of :func:`linear` apply (torch.compile fuses on its own)."""
-    return _MKLDNN and not torch.compiler.is_compiling() and _cpu_inference(x, weight)
+    """The eager kernels of :func:`linear` may apply (torch.compile fuses on its own); which one
+    runs also depends on :func:`cpu_kernel_available` for the dtype."""
+    return not torch.compiler.is_compiling() and _cpu_inference(x, weight)
 
 
 def bf16_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """CPU inference under bf16 autocast with the fast path on (eager or compiled): activations may
-    stay bf16 end to end."""
-    return _cpu_inference(x, weight) and _cpu_bf16_autocast()
+    """CPU inference under bf16 autocast with the fast path on (eager or compiled) on a CPU with
+    native bf16 GEMMs: activations may stay bf16 end to end. Elsewhere bf16 runs as plain autocast."""
+    return _cpu_inference(x, weight) and _cpu_bf16_autocast() and cpu_kernel_available("bf16")
 
 
 def tensor_versions(*tensors: Optional[torch.Tensor]) -> tuple:
@@ -62,6 +115,10 @@ def tensor_versions(*tensors: Optional[torch.Tensor]) -> tuple:
     in-place ops (not on ``.data`` edits or fused optimizer kernels, hence the extra invalidation
     on mode switches and training forwards in the caches that key on it)."""
     return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+
+
+# Probed once at import, so that traced and compiled code reads a constant instead of running the probe.
+_kernels_probed = {kind: probe_cpu_kernel(kind) for kind in CPU_KERNELS}
 
 
 # Outside the modules, so deepcopy (EMA), pickling and state dicts never see the packed tensors.
@@ -101,11 +158,10 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none",
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``layer(x)``, then exact GELU (``activation="gelu"``), then ``+ residual`` if given."""
     weight, bias = layer.weight, layer.bias
-    if _fused_ok(x, weight) and not layer.training:
+    if _fused_ok(x, weight) and not layer.training and weight.dtype == torch.float32:
         if _cpu_bf16_autocast():
-            if x.dtype == torch.float32 and weight.dtype == torch.float32:
+            if cpu_kernel_available("bf16") and x.dtype in (torch.float32, torch.bfloat16):
                 x = x.to(torch.bfloat16)
-            if x.dtype == torch.bfloat16 and weight.dtype == torch.float32:
                 w16, b16 = _packed(layer, torch.bfloat16, x.numel() // x.shape[-1])
                 # GELU as a oneDNN post-op: fused beats a separate bf16 pass in bf16 (not in fp32)
                 gelu = activation == "gelu"
@@ -114,13 +170,12 @@ def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none",
                 if residual is None:
                     return out
                 return out.add_(residual) if residual.dtype == out.dtype else residual + out
-        elif x.dtype == torch.float32 and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-            if _MKL_PACKED:
-                rows = x.numel() // x.shape[-1]
-                out = torch.ops.mkl._mkl_linear(x, _packed(layer, torch.float32, rows)[0], weight, bias, rows)
-                if activation == "gelu":
-                    out = torch.ops.aten.gelu_(out)
-                return out if residual is None else out.add_(residual)
+        elif x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and cpu_kernel_available("fp32"):
+            rows = x.numel() // x.shape[-1]
+            out = torch.ops.mkl._mkl_linear(x, _packed(layer, torch.float32, rows)[0], weight, bias, rows)
+            if activation == "gelu":
+                out = torch.ops.aten.gelu_(out)
+            return out if residual is None else out.add_(residual)
     if not torch.compiler.is_compiling():
         # A forward with autograd (or in train mode) may precede weight updates that do not bump
         # the version counter (fused optimizers, ``.data``): drop the packed copy to be safe.
@@ -204,6 +259,7 @@ class SelfAttentionBlock(nn.Module):
         return add_residual(x, self.mlp, self.norm2(x), self.ls2, self.drop_path)
 
 
+@register_notrace_module  # a leaf for torch.fx: forward branches on the input's dtype
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (eps 1e-6) that keeps bf16 activations bf16 under CPU autocast in eval mode.
 

@@ -620,7 +620,7 @@ def collate_point_clouds(data_list: Sequence[Data]) -> dict[str, torch.Tensor]:
 def build_partseg_datasets(
     data_cfg, min_points: int = 1
 ) -> tuple[PointCloudDataset, PointCloudDataset, dict[str, PointCloudDataset], PartSegInfo]:
-    """Train / val / test sets from a ``data`` config node (see ``configs/shapenet_partseg/data``).
+    """Train / val / test sets from a ``data`` config node (see ``bixt/configs/shapenet_partseg/data``).
 
     ``data_cfg.name`` is ``synthetic`` (the embedded procedural set) or ``shapenetpart`` (``root``
     required). ``min_points`` is what the model needs per raw cloud (its group count / size).

@@ -63,7 +63,7 @@ the sampler position, the partial epoch sums and every rank's RNG states (see
 
 Example (a task entry point)::
 
-    @hydra.main(version_base=None, config_path="../../configs/mytask", config_name="config")
+    @hydra.main(version_base=None, config_path="../configs/mytask", config_name="config")
     def main(cfg):
         seed_everything(cfg.trainer.seed)
         train_set, val_set = build_data(cfg.data)

@@ -3,10 +3,10 @@
 Both are registered in Hydra's ConfigStore on import of :mod:`bixt.engine`:
 
 * group ``trainer``, name ``default`` -> :class:`TrainerConfig` (select with ``- trainer: default``
-  in a task's defaults list; a task's own ``configs/<task>/trainer/x.yaml`` may extend it with
+  in a task's defaults list; a task's own ``bixt/configs/<task>/trainer/x.yaml`` may extend it with
   ``defaults: [default, _self_]``);
 * group ``optim``, name ``default`` -> :class:`OptimConfig` (tasks usually keep their own
-  ``configs/<task>/optim/*.yaml``; the engine validates them against this schema anyway).
+  ``bixt/configs/<task>/optim/*.yaml``; the engine validates them against this schema anyway).
 
 The engine merges whatever the task composed onto these schemas (:func:`trainer_config`,
 :func:`optim_config`), so a misspelt key fails early with the list of valid keys instead of

@@ -14,15 +14,18 @@ import re
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import lecun_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from bixt.checkpoint import load_checkpoint
 from bixt.core.layers import LayerNorm
 from bixt.core.encoder import BiXTEncoder
-from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer
+from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer, image_token_grid
 
 __all__ = ["BiXT", "checkpoint_filter_fn"]
 _logger = logging.getLogger(__name__)
@@ -106,6 +109,10 @@ class BiXT(nn.Module):
         self.fc_norm = LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # timm's feature API: the token maps after each layer that refines the tokens (a one-sided
+        # last layer, as in the classifiers and the d13 backbones, leaves them as they were).
+        self.feature_info = [dict(num_chs=token_dim, reduction=self.patch_embed.stride, module=f"encoder.blocks.{i}")
+                             for i in self.encoder.token_layers]
         self._init_weights()
 
     checkpoint_filter_fn = staticmethod(lambda state_dict, model: checkpoint_filter_fn(state_dict, model))
@@ -151,13 +158,8 @@ class BiXT(nn.Module):
 
     # --- forward --------------------------------------------------------------------------------
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.dynamic_img_size and tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(
-                f"this model takes {self.img_size[0]}x{self.img_size[1]} images, got {x.shape[-2]}x{x.shape[-1]}; "
-                "resize the input or create the model with img_size=... or dynamic_img_size=True"
-            )
-        tokens = self.patch_embed(x)
-        return tokens + self.pos_embed(*self.patch_embed.grid(*x.shape[-2:]))
+        grid = image_token_grid(x, self.patch_embed.stride, None if self.dynamic_img_size else self.img_size)
+        return self.patch_embed(x) + self.pos_embed(grid[0], grid[1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final latents, (B, num_latents, embed_dim)."""
@@ -172,6 +174,75 @@ class BiXT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # --- intermediate features (timm's feature API) ----------------------------------------------
+    def _feature_indices(self, indices: Optional[int | list[int] | tuple[int, ...]]) -> tuple[list[int], int]:
+        """Absolute layer indices for ``indices`` (None: all token maps, n: the last n, a list: those
+        layers, negative ones counted from the last layer with token maps), checked against what exists."""
+        count = len(self.feature_info)
+        depth = len(self.encoder.blocks)
+        one_sided = (f"; layer {depth - 1} is one-sided (it updates the latents only, the tokens stay as layer "
+                     f"{depth - 2} left them)" if count < depth else "")
+        what = f"this model has token maps after layers 0..{count - 1}{one_sided}"
+        if count == 0:
+            raise ValueError(f"this model has no layer that refines the tokens (depth {depth}, one-sided last layer)")
+        if indices is None:
+            indices = count
+        if isinstance(indices, int):
+            if not 0 < indices <= count:
+                raise ValueError(f"asked for the last {indices} token maps, but {what}")
+        else:
+            bad = [i for i in indices if not -count <= i < count]
+            if bad or not len(indices):
+                raise ValueError(f"asked for token maps after layer(s) {list(indices)}, but {what}")
+        return feature_take_indices(count, indices)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[int | list[int] | tuple[int, ...]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Token maps after the layers in ``indices`` and the final latents, as timm's ViT offers.
+
+        Args:
+            indices: None for every layer that refines the tokens, an int n for the last n of
+                them, or a list of layer indices (negative: from the end).
+            norm: normalise each token map over its channels (layer norm without affine
+                parameters; BiXT has no final token norm).
+            stop_early: run no layer past the last one asked for.
+            output_fmt: ``"NCHW"`` for (B, C, H/stride, W/stride) maps, ``"NLC"`` for (B, N, C).
+            intermediates_only: return the list of maps alone.
+
+        Returns ``[maps]`` or ``(latents (B, num_latents, embed_dim), [maps])``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, _ = self._feature_indices(indices)
+        height, width = self.patch_embed.grid(*x.shape[-2:])
+        latents, _, maps = self.encoder.forward_intermediates(
+            self.tokenize(x), indices=take_indices, stop_early=stop_early or intermediates_only,
+        )
+        if norm:
+            maps = [F.layer_norm(t, t.shape[-1:], eps=1e-6) for t in maps]
+        if output_fmt == "NCHW":
+            maps = [rearrange(t, "b (h w) c -> b c h w", h=height, w=width) for t in maps]
+        return maps if intermediates_only else (latents, maps)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the layers after the last of ``indices`` (and the classifier with ``prune_head``);
+        returns the absolute indices. ``prune_norm`` is accepted for timm: BiXT has no final token norm."""
+        take_indices, max_index = self._feature_indices(indices)
+        self.encoder.blocks = self.encoder.blocks[: max_index + 1]
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
 
 
 # --- official checkpoint layout ----------------------------------------------------------------
@@ -258,6 +329,8 @@ default_cfgs = generate_default_cfgs({
     "bixt_ed256_l64_p16": _cfg(), "bixt_ed256_l64_p16s8": _cfg(), "bixt_ed256LS_l64_p16s8": _cfg(),
     "bixt_ti_l64_p16_ft384": _cfg(**_FT384), "bixt_ti_l64_p16s8_ft384": _cfg(**_FT384),
     "bixt_ti_l64_p16s4_ft384": _cfg(**_FT384), "bixt_ed256_l64_p16s8_ft384": _cfg(**_FT384),
+    "bixt_ed256LS_l64_p16s8_ft384": _cfg(**_FT384),
+    "bixt_ti_l64_d13_p16_ft384": _cfg(**_FT384), "bixt_ti_l64_d13_p16s8_ft384": _cfg(**_FT384),
 })
 
 
@@ -266,9 +339,11 @@ def _create_bixt(variant: str, pretrained: bool = False, **kwargs) -> BiXT:
     if overlay.get("file"):
         # Our loader reads every accepted format (zip, wrapped training checkpoints, safetensors).
         overlay.setdefault("custom_load", True)
+    # features_only=True: the token maps of the last three layers that refine tokens, by default
+    out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         BiXT, variant, pretrained, pretrained_filter_fn=_pretrained_filter,
-        pretrained_cfg_overlay=overlay, **kwargs,
+        pretrained_cfg_overlay=overlay, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
     )
 
 
@@ -404,3 +479,21 @@ def bixt_ti_l64_p16s4_ft384(pretrained=False, **kwargs) -> BiXT:
 @register_model
 def bixt_ed256_l64_p16s8_ft384(pretrained=False, **kwargs) -> BiXT:
     return _variant("bixt_ed256_l64_p16s8_ft384", pretrained, dict(_ED256, stride=8, img_size=384, dynamic_img_size=True), **kwargs)
+
+
+@register_model
+def bixt_ed256LS_l64_p16s8_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ed256LS_l64_p16s8_ft384", pretrained,
+                    dict(_ED256, stride=8, init_values=1e-5, img_size=384, dynamic_img_size=True), **kwargs)
+
+
+@register_model
+def bixt_ti_l64_d13_p16_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_d13_p16_ft384", pretrained, dict(_TI, depth=13, img_size=384, dynamic_img_size=True),
+                    **kwargs)
+
+
+@register_model
+def bixt_ti_l64_d13_p16s8_ft384(pretrained=False, **kwargs) -> BiXT:
+    return _variant("bixt_ti_l64_d13_p16s8_ft384", pretrained,
+                    dict(_TI, depth=13, stride=8, img_size=384, dynamic_img_size=True), **kwargs)

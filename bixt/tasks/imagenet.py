@@ -1,7 +1,7 @@
 """``python -m bixt.tasks.imagenet``: train or evaluate BiXT image classifiers.
 
 With no arguments it trains a tiny BiXT on the embedded shapes data (no files, no network).
-``--help`` lists the config groups and common overrides; configs live in ``configs/imagenet``.
+``--help`` lists the config groups and common overrides; configs live in ``bixt/configs/imagenet``.
 
     python -m bixt.tasks.imagenet                                        # embedded default
     python -m bixt.tasks.imagenet data=folder data.root=DIR              # DIR/train/<class>/*, DIR/val/<class>/*
@@ -72,7 +72,7 @@ def train_imagenet(cfg: DictConfig) -> dict[str, float]:
     return run(cfg, model, build_adapter(cfg, num_classes), train_set, val_set)
 
 
-@hydra.main(version_base=None, config_path="../../configs/imagenet", config_name="config")
+@hydra.main(version_base=None, config_path="../configs/imagenet", config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
     try:
         metrics = train_imagenet(cfg)

@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                collate_fn=RetrievalCollate(), test_sets=test_sets)
 
 
-@hydra.main(version_base=None, config_path="../../configs/lra_retrieval", config_name="config")
+@hydra.main(version_base=None, config_path="../configs/lra_retrieval", config_name="config")
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
     return metrics.get("val/accuracy", float("nan"))

@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base=None, config_path="../../configs/shapenet_partseg", config_name="config")
+@hydra.main(version_base=None, config_path="../configs/shapenet_partseg", config_name="config")
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg)
     return metrics.get("val/instance_miou", float("nan"))

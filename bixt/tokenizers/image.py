@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 from einops import rearrange
+from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
 from bixt.core.layers import tensor_versions
@@ -40,6 +41,7 @@ def fourier_features_2d(
     return rearrange(torch.cat([pos_y, pos_x], dim=-1), "h w c -> c h w").contiguous()
 
 
+@register_notrace_module  # a leaf for torch.fx: the cache and the grid check are Python logic
 class FourierPosEncoding2d(nn.Module):
     """Fourier features projected to ``dim`` by a 1x1 conv (a linear map per position).
 
@@ -105,6 +107,28 @@ def _check_image(x: torch.Tensor, in_chans: int) -> None:
         raise ValueError(f"expected images of shape (batch, {in_chans}, height, width), got {tuple(x.shape)}")
 
 
+def token_grid(height: int, width: int, stride: int) -> tuple[int, int]:
+    """The (rows, columns) of tokens a tokeniser of ``stride`` makes from a height x width image."""
+    if height % stride or width % stride:
+        raise ValueError(
+            f"image size {(height, width)} must be divisible by the token stride {stride}; resize or pad the input"
+        )
+    return height // stride, width // stride
+
+
+@register_notrace_function  # reads the input's size: under torch.fx it runs on the real tensor
+def image_token_grid(images: torch.Tensor, stride: int,
+                     fixed_size: Optional[tuple[int, int]] = None) -> tuple[int, int]:
+    """:func:`token_grid` of ``images`` (B, C, H, W); a model made for one ``fixed_size`` refuses others."""
+    if fixed_size is not None and tuple(images.shape[-2:]) != tuple(fixed_size):
+        raise ValueError(
+            f"this model takes {fixed_size[0]}x{fixed_size[1]} images, got {images.shape[-2]}x{images.shape[-1]}; "
+            "resize the input or create the model with img_size=... or dynamic_img_size=True"
+        )
+    return token_grid(images.shape[-2], images.shape[-1], stride)
+
+
+@register_notrace_module  # leaves for torch.fx: input checks and einops reshapes
 class PatchTokenizer(nn.Module):
     """16x16 convolutional patch embedding with stride 16, 8 or 4 (p16 / p16s8 / p16s4)."""
 
@@ -125,12 +149,7 @@ class PatchTokenizer(nn.Module):
         self.use_channels_last = dim > in_chans * stride * stride
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
-        if height % self.stride or width % self.stride:
-            raise ValueError(
-                f"image size {(height, width)} must be divisible by the token stride {self.stride}; "
-                "resize or pad the input"
-            )
-        return height // self.stride, width // self.stride
+        return token_grid(height, width, self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
@@ -144,6 +163,7 @@ def channels_last(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
 
 
+@register_notrace_module
 class ConvTokenizer(nn.Module):
     """Stack of 3x3 stride-2 conv + BatchNorm stages with GELU between them (stride 4, 8 or 16).
 
@@ -168,7 +188,8 @@ class ConvTokenizer(nn.Module):
             ))
         self.proj = nn.Sequential(*layers)
 
-    grid = PatchTokenizer.grid
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return token_grid(height, width, self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
