@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from bixt.core.layers import cpu_kernel_available
+from bixt.accel import cpu_kernel_available
 
 __all__ = [
     "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",

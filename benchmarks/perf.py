@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bixt.core.layers import cpu_kernel_available  # noqa: E402
+from bixt.accel import cpu_kernel_available, optimize  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
     MemorySpec, build_model, count_flops, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
@@ -191,47 +191,27 @@ def forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) ->
     return run
 
 
-def reference_forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) -> Callable[[], Any]:
-    """Forward on plain PyTorch ops only (fast CPU path off): what an unoptimised implementation runs."""
-    from bixt.core.layers import set_fused_inference
-
-    inner = forward_fn(model, images, dtype_name)
-
-    def run():
-        previous = set_fused_inference(False)
-        try:
-            return inner()
-        finally:
-            set_fused_inference(previous)
-    return run
-
-
 def linear_replay_fn(model: torch.nn.Module, images: torch.Tensor) -> tuple[Callable[[], Any], float]:
     """Replays the model's linear layers alone, on the inputs they saw in one fp32 forward.
 
     Returns the closure and its FLOPs. Its rate is what the whole model could reach if attention,
     norms, GELU and residual adds cost nothing: the ceiling for the achieved-FLOP-rate checks.
     """
-    import bixt.core.layers as layers
-
-    calls, original = [], layers.linear
-
-    def record(x, layer, activation="none", residual=None):
-        calls.append((x.clone(), layer))
-        return original(x, layer, activation, residual)
-
-    layers.linear = record
+    calls = []
+    hooks = [m.register_forward_hook(lambda layer, args, out: calls.append((args[0].clone(), layer)))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
     try:
         with torch.no_grad():
             model(images)
     finally:
-        layers.linear = original
+        for hook in hooks:
+            hook.remove()
     flops = sum(2 * x.numel() * layer.out_features for x, layer in calls)
 
     def run():
         with torch.no_grad():
             for x, layer in calls:
-                original(x, layer)
+                F.linear(x, layer.weight, layer.bias)
     return run, flops
 
 
@@ -351,8 +331,9 @@ class Bench:
             # Applies to graphs compiled without grad only (the forward configurations).
             import torch._inductor.config as inductor_config
             inductor_config.freezing = True
-        nets = [(plan.model, ("fp32", "bf16"), (("eager", "compiled") if plan.compile else ("eager",))),
-                (plan.baseline, ("fp32",), ("eager",))]
+        # "accel": the eval-mode model after bixt.accel.optimize (fp32 inference only)
+        model_modes = ("eager", "accel", "compiled") if plan.compile else ("eager", "accel")
+        nets = [(plan.model, ("fp32", "bf16"), model_modes), (plan.baseline, ("fp32",), ("eager",))]
         for net, dtypes, modes in nets:
             torch.manual_seed(self.seed)
             fwd_model = net.build().eval()
@@ -364,11 +345,13 @@ class Bench:
             gflops = {task: _giga(flops_per_image(net, batch, train=task == "train"))
                       for task, batch in (("forward", plan.fwd_batch), ("train", plan.train_batch))}
             for mode in modes:
-                fwd = torch.compile(fwd_model) if mode == "compiled" else fwd_model
+                fwd = {"compiled": torch.compile, "accel": optimize}.get(mode, lambda m: m)(fwd_model)
                 trn = torch.compile(train_model) if mode == "compiled" else train_model
                 for dtype in dtypes:
                     for task, batch in (("forward", plan.fwd_batch), ("train", plan.train_batch)):
                         if task == "train" and dtype != "fp32" and not plan.bf16_train:
+                            continue
+                        if mode == "accel" and (task, dtype) != ("forward", "fp32"):
                             continue
                         key = f"{net.label} | {task} | b{batch} | {dtype} | {mode}"
                         if task == "forward":
@@ -388,22 +371,34 @@ class Bench:
         self.results["models"] = rows
 
     def setup_model_bounds(self, rows: list) -> None:
-        """Two rows that put the model's numbers in context: the same forward on plain PyTorch ops
-        (attention through explicit matrices, unfused linears: an unoptimised implementation), and
-        the model's linear layers replayed alone (the ceiling on its achieved FLOP rate)."""
+        """Rows that put the model's numbers in context: the same forward and train step on plain
+        ops as the published implementation runs them (attention through explicit matrices,
+        unfused layers), and the model's linear layers replayed alone (the ceiling on its achieved
+        FLOP rate)."""
+        from bixt.engine.config import OptimConfig
+        from bixt.engine.optim import build_optimizer
+
         plan, net = self.plan, self.plan.model
         images = torch.randn(plan.fwd_batch, 3, net.img_size, net.img_size)
+        train_images = images[: plan.train_batch].clone()
         reference = net.with_kwargs(attn_impl="math")
-        gflops = next(r["gflops_per_image"] for r in rows if r["role"] == "model" and r["task"] == "forward")
-        for dtype in ("fp32", "bf16"):
-            key = f"{reference.label} | forward | b{plan.fwd_batch} | {dtype} | plain ops"
+        gflops = {task: next(r["gflops_per_image"] for r in rows if r["role"] == "model" and r["task"] == task)
+                  for task in ("forward", "train")}
+        for task, dtype in (("forward", "fp32"), ("forward", "bf16"), ("train", "fp32")):
+            batch = plan.fwd_batch if task == "forward" else plan.train_batch
+            key = f"{reference.label} | {task} | b{batch} | {dtype} | plain ops"
 
-            def make(d=dtype):
+            def make(task=task, d=dtype):
                 torch.manual_seed(self.seed)
-                return reference_forward_fn(reference.build().eval(), images, d)
+                if task == "forward":
+                    return forward_fn(reference.build().eval(), images, d)
+                model = reference.build().train()
+                opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05), lr=1e-4)
+                targets = torch.randint(0, model.num_classes, (plan.train_batch,))
+                return train_step_fn(model, opt, train_images, targets, d)
             row = dict(key=key, model=net.model, kwargs=reference.kwargs, label=reference.label,
-                       role="reference", task="forward", batch=plan.fwd_batch, dtype=dtype, mode="plain ops",
-                       img_size=net.img_size, gflops_per_image=gflops)
+                       role="reference", task=task, batch=batch, dtype=dtype, mode="plain ops",
+                       img_size=net.img_size, gflops_per_image=gflops[task])
             self.add_or_skip(row, make)
             rows.append(row)
         key = f"{net.label} | linear layers only | b{plan.fwd_batch} | fp32 | eager"
@@ -575,6 +570,11 @@ TARGETS = {
     "bixt_over_vit_speed_3136": (">=", 3.0),
     "bixt_over_vit_speed_12544": (">=", 10.0),
     "bixt_memory_growth_3136_to_12544": ("<=", 4.5),
+    # against the published implementation's plain ops (explicit attention, unfused layers), same run
+    "accel_forward_over_plain_ops": (">=", 1.3),
+    "plain_model_forward_over_plain_ops": (">=", 1.12),
+    "train_over_plain_ops_eager": (">=", 1.05),
+    "train_over_plain_ops_compiled": (">=", 1.15),
 }
 
 
@@ -610,6 +610,23 @@ def summary_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         if trn32:
             check("fp32_train_matmul_fraction", f"fp32 train-step b{trn32['batch']} FLOP rate / fp32 matmul rate ({mode})",
                   trn32.get("matmul_fraction"), trn32.get("status", ""))
+    def over_plain(row: Optional[dict], task: str) -> Optional[float]:
+        plain = _find(results.get("models", []), role="reference", task=task, dtype="fp32")
+        if row and plain and row.get("images_per_s") and plain.get("images_per_s"):
+            return row["images_per_s"] / plain["images_per_s"]
+        return None
+
+    if models:
+        accel = _find(models, task="forward", dtype="fp32", mode="accel")
+        eager = _find(models, task="forward", dtype="fp32", mode="eager")
+        check("accel_forward_over_plain_ops", "fp32 forward images/s, bixt.accel.optimize / plain ops",
+              over_plain(accel, "forward"), (accel or {}).get("status", ""))
+        check("plain_model_forward_over_plain_ops", "fp32 forward images/s, plain bixt model / plain ops",
+              over_plain(eager, "forward"))
+        for mode in ("eager", "compiled"):
+            row = _find(models, task="train", dtype="fp32", mode=mode)
+            check(f"train_over_plain_ops_{mode}", f"fp32 train-step images/s, bixt {mode} / plain ops eager",
+                  over_plain(row, "train"), (row or {}).get("status", "not run" if row is None else ""))
     acc = results.get("accuracy")
     if acc is not None:
         value = acc["features"]["max_rel_err"] if acc.get("status") == "ok" else None
@@ -715,7 +732,7 @@ def context_lines(results: dict[str, Any]) -> list[str]:
     """The bound and the plain-ops reference next to the model's own fp32/bf16 forward numbers."""
     rows = results.get("models", [])
     ours = {d: _find(rows, role="model", task="forward", dtype=d, mode="eager") for d in DTYPES}
-    plain = {d: _find(rows, role="reference", dtype=d) for d in DTYPES}
+    plain = {d: _find(rows, role="reference", task="forward", dtype=d) for d in DTYPES}
     bound = _find(rows, role="bound")
     lines = []
     if bound and bound.get("matmul_fraction"):

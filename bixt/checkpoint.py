@@ -3,14 +3,21 @@
 Accepted inputs: a plain state dict; a torch file (``.pth``, ``.pth.tar``, ``.pt``) holding either a
 state dict or a training checkpoint that wraps the weights under ``state_dict`` /
 ``state_dict_ema`` / ``model`` next to optimizer state and argparse ``args``; the published ``.zip``
-files that contain one such checkpoint; ``.safetensors``. ``module.`` prefixes (DDP) are removed.
+files that contain one such checkpoint; ``.safetensors``. Wrapper prefixes are removed: ``module.``
+(DDP, and timm's ``ModelEma``/``ModelEmaV2``/``ModelEmaV3``, whose weights sit under ``module``) and
+``_orig_mod.`` (``torch.compile``), in any nesting.
+
+Non-strict loading (``strict=False``) reports how many of the model's tensors it set and refuses a
+checkpoint that sets none: a prefix nobody strips must not pass as "loaded".
 """
 from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
@@ -21,6 +28,10 @@ StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
 WEIGHT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+#: prefixes that wrappers put in front of every key: DDP / EMA wrappers (``module.``), torch.compile
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+log = logging.getLogger(__name__)
 
 
 def _torch_load(source) -> object:
@@ -75,23 +86,39 @@ def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False, source: str = 
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError(f"{source} holds no tensors; top-level keys: {list(checkpoint)[:10]}")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
+    return {strip_wrapper_prefixes(k): v for k, v in tensors.items()}
 
 
-def read_state_dict(path: PathLike, use_ema: bool = False) -> StateDict:
-    """Read weights from any accepted file format (see module docstring)."""
+def strip_wrapper_prefixes(key: str) -> str:
+    """``module._orig_mod.blocks.0.x`` -> ``blocks.0.x`` (wrappers nest in either order)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def read_checkpoint(path: PathLike) -> Mapping:
+    """The top-level mapping of a weights file (state dict, training checkpoint, zip, safetensors)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        return unwrap_state_dict(_load_safetensors(path), use_ema, str(path))
+        return _load_safetensors(path)
     if zipfile.is_zipfile(path) and path.suffix == ".zip":
         checkpoint = _read_zip(path)
     else:
         checkpoint = _torch_load(str(path))
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path} does not hold a state dict or training checkpoint (got {type(checkpoint).__name__})")
-    return unwrap_state_dict(checkpoint, use_ema, str(path))
+    return checkpoint
+
+
+def read_state_dict(path: PathLike, use_ema: bool = False) -> StateDict:
+    """Read weights from any accepted file format (see module docstring)."""
+    return unwrap_state_dict(read_checkpoint(path), use_ema, str(path))
 
 
 def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -111,6 +138,27 @@ def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
     return "; ".join(parts)
 
 
+@dataclass
+class LoadReport:
+    """What :func:`load_weights_into` did: ``loaded`` of the model's ``total`` tensors were set."""
+
+    source: str
+    loaded: int
+    total: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{self.loaded} of {self.total} model tensors from {self.source}"
+        if self.missing:
+            text += f"; {len(self.missing)} not in the checkpoint keep their values ({', '.join(self.missing[:5])}"
+            text += ", ...)" if len(self.missing) > 5 else ")"
+        if self.unexpected:
+            text += f"; {len(self.unexpected)} checkpoint tensors unused ({', '.join(self.unexpected[:5])}"
+            text += ", ...)" if len(self.unexpected) > 5 else ")"
+        return text
+
+
 def load_checkpoint(
     model: nn.Module,
     checkpoint: Union[PathLike, Mapping[str, torch.Tensor]],
@@ -122,8 +170,22 @@ def load_checkpoint(
 
     ``filter_fn`` defaults to the model's ``checkpoint_filter_fn`` attribute (BiXT models map the
     official layout onto their own). Raises ``RuntimeError`` naming every missing, unexpected and
-    mis-shaped key when the checkpoint does not fit.
+    mis-shaped key when the checkpoint does not fit (with ``strict=False``: when it fits nowhere).
     """
+    report = load_weights_into(model, checkpoint, strict=strict, use_ema=use_ema, filter_fn=filter_fn)
+    if report.missing or report.unexpected:
+        log.warning("non-strict load: %s", report)
+    return model
+
+
+def load_weights_into(
+    model: nn.Module,
+    checkpoint: Union[PathLike, Mapping[str, torch.Tensor]],
+    strict: bool = True,
+    use_ema: bool = False,
+    filter_fn: Optional[Callable[[StateDict, nn.Module], StateDict]] = None,
+) -> LoadReport:
+    """:func:`load_checkpoint`, returning a :class:`LoadReport` instead of the model."""
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
     if isinstance(checkpoint, (str, os.PathLike)):
         state_dict = read_state_dict(checkpoint, use_ema)
@@ -138,8 +200,17 @@ def load_checkpoint(
             f"{source} does not fit {type(model).__name__} ({problems}). Check that the checkpoint was made "
             "for this architecture and variant (depth, dims, latents, classes)"
         )
+    expected = model.state_dict()
+    report = LoadReport(source, loaded=sum(k in state_dict for k in expected), total=len(expected),
+                        missing=[k for k in expected if k not in state_dict],
+                        unexpected=[k for k in state_dict if k not in expected])
+    if expected and report.loaded == 0:
+        raise RuntimeError(
+            f"{source}: none of its {len(state_dict)} tensors matches a tensor of {type(model).__name__} "
+            f"(checkpoint keys like {list(state_dict)[:3]}, model keys like {list(expected)[:3]}): loading "
+            "it would change nothing. Is it for another model, or saved with a wrapper prefix?")
     model.load_state_dict(state_dict, strict=strict)
-    return model
+    return report
 
 
 def save_safetensors(model_or_state: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike) -> None:

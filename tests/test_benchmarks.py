@@ -73,6 +73,8 @@ def test_summary_checks_verdicts():
             _row(task="forward", dtype="bf16", mode="eager", batch=32, matmul_fraction=0.2, images_per_s=20.0),
             _row(task="train", dtype="fp32", mode="eager", batch=16, matmul_fraction=None, images_per_s=None,
                  status="failed: boom"),
+            _row(task="forward", dtype="fp32", mode="accel", batch=32, images_per_s=14.0),
+            _row(role="reference", task="forward", dtype="fp32", mode="plain ops", batch=32, images_per_s=10.0),
         ],
         "accuracy": {"status": "ok", "features": {"max_rel_err": 0.01}},
         "scaling": [
@@ -88,6 +90,8 @@ def test_summary_checks_verdicts():
         "fp32_train_matmul_fraction": "N/A", "bf16_features_max_rel_err": "PASS",
         "bixt_over_vit_speed_3136": "PASS", "bixt_over_vit_speed_12544": "N/A",
         "bixt_memory_growth_3136_to_12544": "FAIL",
+        "accel_forward_over_plain_ops": "PASS", "plain_model_forward_over_plain_ops": "FAIL",
+        "train_over_plain_ops_eager": "N/A", "train_over_plain_ops_compiled": "N/A",
     }
 
 
@@ -101,7 +105,7 @@ def test_only_rejects_unknown_sections():
 @pytest.mark.parametrize("native_bf16", [True, False], ids=["native-bf16", "no-native-bf16"])
 def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     pytest.importorskip("matplotlib")  # the `bench` extra
-    from bixt.core.layers import cpu_kernel_available, cpu_kernels_forced_off
+    from bixt.accel import cpu_kernel_available, cpu_kernels_forced_off
 
     if native_bf16 and not cpu_kernel_available("bf16"):
         pytest.skip("this CPU has no native bf16 GEMM (the other case covers it)")
@@ -128,6 +132,10 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     assert {(r["task"], r["dtype"]) for r in data["models"] if r["role"] == "model"} == {
         ("forward", "fp32"), ("forward", "bf16"), ("train", "fp32"), ("train", "bf16")}
     assert {r["role"] for r in data["models"]} == {"model", "baseline", "reference", "bound"}
+    assert {(r["task"], r["dtype"]) for r in data["models"] if r["role"] == "reference"} == {
+        ("forward", "fp32"), ("forward", "bf16"), ("train", "fp32")}  # the published code's plain ops
+    assert [r["task"] for r in data["models"] if r["mode"] == "accel"] == ["forward"]  # bixt.accel.optimize
+    assert "accel_forward_over_plain_ops" in printed or "bixt.accel.optimize / plain ops" in printed
     bound = next(r for r in data["models"] if r["role"] == "bound")
     model_fwd = next(r for r in data["models"] if r["role"] == "model" and r["task"] == "forward")
     assert 0 < bound["gflops_per_image"] < model_fwd["gflops_per_image"]  # linears only: a subset of the FLOPs
@@ -159,3 +167,22 @@ def test_other_load_excludes_own_cpu_time_and_busy_warning_uses_it():
     assert "0.50 of 2 CPUs" in warning
     snap = common.cpu_snapshot()
     assert snap is None or (snap[0] >= 0 and snap[1] >= 0)
+
+
+def test_cuda_check_says_when_there_is_no_gpu_and_formats_one_table(capsys):
+    import cuda_check
+
+    if not torch.cuda.is_available():
+        assert cuda_check.main(["--budget-s", "1"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    results = {
+        "tests": {"status": "ok", "summary": "5 passed", "seconds": 12.0},
+        "throughput": [dict(section="throughput", family="BiXT-Ti", task="train", precision="bf16", batch=128,
+                            status="ok", images_per_s=4321.0)],
+        "memory": [dict(section="memory", family="ViT-Ti", tokens=12544, precision="bf16", batch=8,
+                        status="skipped (time budget)")],
+        "torchrun": {"status": "ok", "backend": "gloo", "device": "cpu", "seconds": 30.0},
+    }
+    lines = cuda_check.table(results).splitlines()
+    assert len(lines) == 2 + 4 and "| 4321 |" in lines[3] and "skipped (time budget)" in lines[4]
+    assert "gloo on cpu" in lines[5]

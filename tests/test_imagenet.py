@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,3 +296,79 @@ def test_eval_only_class_order_from_folder_names_matches_the_training_reader(tmp
     expected = ImageFolderDataset(tmp_path, None).class_to_idx
     assert folder_class_to_idx(tmp_path) == expected
     assert list(expected) != sorted(expected)  # natural order, not plain string order
+
+
+# ----------------------------------------------------------------------------- classes travel in checkpoints
+def folder_overrides(root: Path) -> list[str]:
+    return ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
+            "model.kwargs.num_latents=8", "trainer.batch_size=6", "trainer.progress=false", "trainer.log_every=0",
+            "data=folder", f"data.root={root}", "data.img_size=32", "data.num_workers=0"]
+
+
+def spy_on_run(monkeypatch, call_through: bool = True) -> dict:
+    """Replace the task's engine call with one that records the data sets it is given."""
+    import bixt.tasks.imagenet as imagenet_task
+
+    seen: dict = {}
+    real = imagenet_task.run
+
+    def spy(cfg, model, adapter, train_set, val_set, **kw):
+        seen.update(train=train_set, val=val_set, adapter=adapter)
+        return real(cfg, model, adapter, train_set, val_set, **kw) if call_through else {}
+
+    monkeypatch.setattr(imagenet_task, "run", spy)
+    return seen
+
+
+def test_checkpoints_carry_the_classes_and_evaluation_labels_by_them(tmp_path, monkeypatch):
+    """Folder data: the training classes go into every checkpoint; evaluating it on a val folder that
+    lacks a class (and has no train/) labels the others by the checkpoint's list, not by the folders
+    present (which would shift every label after the missing one)."""
+    from bixt.tasks.imagenet import train_imagenet
+
+    root = make_image_folder(tmp_path / "imagenet")
+    run_dir = tmp_path / "run"
+    train_imagenet(compose(*folder_overrides(root), "trainer.epochs=1", f"trainer.run_dir={run_dir}"))
+    for name in ("last.pth", "best.pth"):
+        assert torch.load(run_dir / name, weights_only=True)["classes"] == ["ant", "bee", "cat"]
+
+    partial = tmp_path / "partial"
+    for name in ("bee", "cat"):  # no train/, no val/ant
+        (partial / "val").mkdir(parents=True, exist_ok=True)
+        os.symlink(root / "val" / name, partial / "val" / name)
+    seen = spy_on_run(monkeypatch)
+    metrics = train_imagenet(compose(*folder_overrides(partial), "eval_only=true",
+                                     f"model.checkpoint={run_dir / 'last.pth'}", f"trainer.run_dir={tmp_path / 'eval'}"))
+    assert seen["val"].classes == ["ant", "bee", "cat"]
+    assert sorted({label for _, label in seen["val"].samples}) == [1, 2]
+    assert 0 <= metrics["val/top1"] <= 100
+
+
+def test_eval_only_of_a_run_through_the_task_leaves_the_run_alone(tmp_path):
+    """`eval_only=true resume=true trainer.run_dir=RUN`: the run's weights (not random ones), and no
+    write into RUN's config.yaml or metrics."""
+    from bixt.tasks.imagenet import train_imagenet
+
+    run_dir = tmp_path / "run"
+    tiny = [*TINY, "data.train_size=64", "data.val_size=32"]
+    train_imagenet(compose(*tiny, "trainer.epochs=1", f"trainer.run_dir={run_dir}"))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    trained = records(run_dir)[-1]
+    metrics = train_imagenet(compose(*tiny, "eval_only=true", "resume=true", f"trainer.run_dir={run_dir}"))
+    assert metrics["val/top1"] == trained["val/top1"]
+    assert metrics["val/loss"] == pytest.approx(trained["val/loss"], rel=1e-6)  # random weights would differ
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert len(list((run_dir / "eval").glob("*/metrics.jsonl"))) == 1
+
+
+def test_eval_only_of_weights_without_classes_and_no_train_folder_says_what_to_do(tmp_path, monkeypatch, caplog):
+    from bixt.tasks.imagenet import train_imagenet
+
+    root = make_image_folder(tmp_path / "imagenet")
+    shutil.rmtree(root / "train")
+    torch.save({"state_dict": {"head.weight": torch.zeros(3, 32)}}, tmp_path / "official.pth")  # no class list
+    spy_on_run(monkeypatch, call_through=False)
+    with caplog.at_level("WARNING", logger="bixt.tasks.imagenet"):
+        train_imagenet(compose(*folder_overrides(root), "eval_only=true",
+                               f"model.checkpoint={tmp_path / 'official.pth'}"))
+    assert "official.pth stores no class list" in caplog.text and "empty folders suffice" in caplog.text

@@ -217,6 +217,14 @@ def test_task_default_data_runs_both_models(tmp_path, model):
     assert 0.0 <= metrics["test_embedded/accuracy"] <= 1.0
 
 
+def test_resume_and_eval_only_shortcuts_reach_the_trainer():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "lra_retrieval"), version_base=None):
+        cfg = compose("config", overrides=["eval_only=true", "resume=true", "trainer.run_dir=/runs/x"])
+    assert cfg.trainer.eval_only is True and cfg.trainer.resume is True
+
+
 def test_lra_scale_configs_match_the_lra_baseline():
     from hydra import compose, initialize_config_dir
 

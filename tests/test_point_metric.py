@@ -103,3 +103,18 @@ def test_unseen_category_is_left_out_of_class_miou():
     assert metrics["class_miou"] == pytest.approx(1.0)
     assert "iou/lamp" not in metrics
     assert "-" in format_category_table(metrics, ["mug", "lamp"]).splitlines()[2]
+
+
+def test_evaluator_refuses_nan_logits_at_real_points():
+    ev = PartSegEvaluator(PART_MASK, ["mug", "table"])
+    logits = torch.zeros(2, 3, 5)
+    logits[1, 0, 2] = float("nan")
+    batch = {"labels": torch.tensor([[0, 1, 1], [2, 3, 4]]), "category": torch.tensor([0, 1]),
+             "point_mask": torch.ones(2, 3, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"NaN/inf part logits for 1 of 2 shapes .*\['table'\].*rows \[1\]"):
+        ev.update(logits, batch)
+    assert float(ev.shape_count.sum()) == 0  # nothing was accumulated
+    # NaN at padded points is not scored, so it is no error
+    batch["point_mask"] = torch.tensor([[True, True, True], [False, True, True]])
+    ev.update(logits, batch)
+    assert float(ev.shape_count.sum()) == 2

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch_geometric.transforms as T
+from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 
 from bixt.data.shapenet import (
     IGNORE_LABEL,
     SHAPENET_FOLDER,
     SYNTHETIC_INFO,
+    NormalizeScale,
     PointCloudDataset,
     build_point_transform,
     collate_point_clouds,
@@ -117,8 +120,13 @@ def _corrupt(folder: Path, edit) -> Path:
         (lambda lines: ["nan " + lines[0].split(" ", 1)[1]] + lines[1:], "NaN"),
         (lambda lines: [lines[0].rsplit(" ", 1)[0] + " 35\n"] + lines[1:], r"part labels \[35\]"),
         (lambda lines: [" ".join(l.split()[:3] + l.split()[-1:]) + "\n" for l in lines], "7"),
+        (lambda lines: [lines[0].rsplit(" ", 1)[0] + f" {lines[0].split()[-1]}.7\n"] + lines[1:],
+         r"non-integer part label \d+\.7 in 0-based row 0"),
+        (lambda lines: lines[:1], r"has 1 point\(s\)"),
+        (lambda lines: [" ".join(["0.5"] * 3 + l.split()[3:]) + "\n" for l in lines], r"all at \[0.5, 0.5, 0.5\]"),
     ],
-    ids=["empty-cloud", "nan", "label-out-of-range", "missing-columns"],
+    ids=["empty-cloud", "nan", "label-out-of-range", "missing-columns", "fractional-label", "one-point",
+         "coincident-points"],
 )
 def test_bad_shape_files_name_the_file(tmp_path, edit, message):
     folder = write_shapenet_folder(tmp_path / "data", per_split=(3, 1, 1))
@@ -126,6 +134,54 @@ def test_bad_shape_files_name_the_file(tmp_path, edit, message):
     with pytest.raises(ValueError, match=message) as info:
         load_shapenetpart(folder, "train", cache_dir=tmp_path / "cache")
     assert str(path) in str(info.value)
+
+
+def test_processed_cache_notices_an_edited_shape_file(tmp_path):
+    """The cache is keyed on every input file's size and mtime, not on their number."""
+    folder = write_shapenet_folder(tmp_path / "data", per_split=(3, 1, 1))
+    cache = tmp_path / "cache"
+    first, _, _ = load_shapenetpart(folder, "train", cache_dir=cache)
+    assert torch.isfinite(first[0].pos).all()
+    path = _corrupt(folder, lambda lines: ["nan".rjust(len(lines[0].split()[0])) + " " + lines[0].split(" ", 1)[1]]
+                    + lines[1:])  # same size: only the mtime tells
+    with pytest.raises(ValueError, match="NaN") as info:
+        load_shapenetpart(folder, "train", cache_dir=cache)
+    assert str(path) in str(info.value)
+    # a valid edit is picked up too, and an unchanged folder is not processed again
+    _corrupt(folder, lambda lines: lines[1:101])
+    again, _, _ = load_shapenetpart(folder, "train", cache_dir=cache)
+    assert again[0].pos.shape[0] == 100
+    processed = next(cache.glob("shapenetpart-*/processed/*_train.pt"))
+    mtime = processed.stat().st_mtime_ns
+    load_shapenetpart(folder, "val", cache_dir=cache)
+    assert processed.stat().st_mtime_ns == mtime
+
+
+def test_categories_without_shapes_are_named_with_those_that_exist(tmp_path):
+    folder = write_shapenet_folder(tmp_path / "data", per_split=(4, 2, 2), categories=["Mug", "Table"])
+    with pytest.raises(ValueError, match=r"no shapes of \['Chair'\].*categories with shapes there: \['Mug', 'Table'\]"):
+        load_shapenetpart(folder, "train", categories=["Chair"], cache_dir=tmp_path / "cache")
+    (folder / "03001627").rmdir()  # no Chair folder at all
+    with pytest.raises(ValueError, match=r"no shapes of \['Chair'\]"):
+        load_shapenetpart(folder, "train", categories=["Chair", "Mug"], cache_dir=tmp_path / "cache")
+    # shapes on disk, but a split lists none of them
+    split_file = folder / "train_test_split" / "shuffled_test_file_list.json"
+    split_file.write_text(json.dumps([e for e in json.loads(split_file.read_text()) if "03797390" not in e]))
+    with pytest.raises(ValueError, match=r"shuffled_test_file_list.json' lists no shapes of the categories \['Mug'\]"):
+        load_shapenetpart(folder, "train", categories=["Mug"], cache_dir=tmp_path / "cache")
+
+
+def test_coincident_points_never_become_nan():
+    samples = make_synthetic_partseg(2, seed=0, points=(64, 64))
+    samples[0].pos[:] = torch.tensor([0.3, -0.2, 0.7])
+    normalised = NormalizeScale()(Data(pos=samples[0].pos.clone()))
+    assert torch.equal(normalised.pos, torch.zeros(64, 3))  # at the origin, finite (PyG's gives NaN)
+    other = Data(pos=samples[1].pos.clone())  # any other cloud: exactly PyG's result
+    assert torch.equal(NormalizeScale()(other.clone()).pos, T.NormalizeScale()(other.clone()).pos)
+    dataset = PointCloudDataset(samples, build_point_transform(32, False), names=["flat.txt", "ok.txt"])
+    with pytest.raises(ValueError, match=r"flat.txt has 64 point\(s\), all at"):
+        dataset[0]
+    assert torch.isfinite(dataset[1].pos).all()
 
 
 def test_missing_split_file_and_shape_file(tmp_path):

@@ -77,6 +77,22 @@ def test_config_errors_are_clear(tmp_path):
         train(cfg)
 
 
+def test_resume_and_eval_only_shortcuts_reach_the_trainer():
+    cfg = _compose(["eval_only=true", "resume=true", "trainer.run_dir=/runs/x"])
+    assert cfg.trainer.eval_only is True and cfg.trainer.resume is True
+
+
+def test_eval_only_of_a_run_evaluates_its_checkpoint_and_leaves_it_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    train(_compose(TINY + TINY_SYNTHETIC + [f"trainer.run_dir={run_dir}"]))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    trained = [json.loads(line) for line in lines if '"epoch"' in line][-1]
+    metrics = train(_compose(TINY + TINY_SYNTHETIC + ["eval_only=true", "resume=true", f"trainer.run_dir={run_dir}"]))
+    assert metrics["val/instance_miou"] == pytest.approx(trained["val/instance_miou"], rel=1e-9)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
 @pytest.mark.e2e
 def test_shapenetpart_layout_trains_and_evaluates(tmp_path):
     """`data=shapenetpart data.root=DIR` on a tiny ShapeNetPart-layout folder: train, val, test, tables."""

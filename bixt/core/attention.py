@@ -12,9 +12,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from timm.layers import register_notrace_module
 from torch import nn
-
-from bixt.core.layers import Linear
 
 ATTN_IMPLS = ("auto", "math", "sdpa")
 
@@ -58,6 +57,7 @@ def bidirectional_attention(
     return latent_update, token_update, (attn_lat, attn_tok)
 
 
+@register_notrace_module  # a leaf for torch.fx, which cannot trace einops' shape parsing
 class BiCrossAttention(nn.Module):
     """Projections around :func:`bidirectional_attention`.
 
@@ -67,6 +67,7 @@ class BiCrossAttention(nn.Module):
 
     def __init__(
         self,
+        *,
         latent_dim: int,
         token_dim: int,
         attn_dim: int,
@@ -84,19 +85,19 @@ class BiCrossAttention(nn.Module):
         self.one_sided = one_sided
         self.attn_impl = attn_impl
         if one_sided:
-            self.r_latents = Linear(latent_dim, attn_dim, bias=bias)
+            self.r_latents = nn.Linear(latent_dim, attn_dim, bias=bias)
         else:
-            self.rv_latents = Linear(latent_dim, 2 * attn_dim, bias=bias)
-        self.rv_tokens = Linear(token_dim, 2 * attn_dim, bias=bias)
-        self.proj_latents = Linear(attn_dim, latent_dim)
-        self.proj_tokens = None if one_sided else Linear(attn_dim, token_dim)
+            self.rv_latents = nn.Linear(latent_dim, 2 * attn_dim, bias=bias)
+        self.rv_tokens = nn.Linear(token_dim, 2 * attn_dim, bias=bias)
+        self.proj_latents = nn.Linear(attn_dim, latent_dim)
+        self.proj_tokens = None if one_sided else nn.Linear(attn_dim, token_dim)
 
     def _impl(self, need_maps: bool) -> str:
         if need_maps:
             return "math"
-        # "auto": two fused SDPA calls beat the single-similarity math path although they compute
-        # the similarity twice (CPU, 2 threads, B=32, L=64, N=196, d=32: 4.7 vs 6.4 ms per layer);
-        # the explicit path materialises S and softmaxes it along a strided axis.
+        # "auto": two fused SDPA calls, although they compute the similarity twice: the explicit path
+        # materialises S and softmaxes it along a strided axis, which measured slower on CPU
+        # (benchmarks/perf.py keeps the explicit path as its plain-ops reference).
         return "math" if self.attn_impl == "math" else "sdpa"
 
     def forward(
@@ -105,10 +106,9 @@ class BiCrossAttention(nn.Module):
         tokens: torch.Tensor,
         token_mask: Optional[torch.Tensor] = None,
         return_attention: bool = False,
-        residual_latents: Optional[torch.Tensor] = None,
-        residual_tokens: Optional[torch.Tensor] = None,
     ):
-        """Returns ``(latent_update, token_update, maps)``; a given ``residual_*`` is added to its update."""
+        """Returns ``(latent_update, token_update, maps)``: updates (B, L, latent_dim) / (B, N, token_dim)
+        (``None`` when one-sided), maps as :func:`bidirectional_attention` returns them."""
         h = self.num_heads
         if self.one_sided:
             (r_lat,) = _split_heads(self.r_latents(latents), 1, h)
@@ -119,7 +119,7 @@ class BiCrossAttention(nn.Module):
         lat, tok, maps = bidirectional_attention(
             r_lat, v_lat, r_tok, v_tok, token_mask, impl=self._impl(return_attention)
         )
-        lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"), residual_latents)
+        lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"))
         if tok is not None:
-            tok = self.proj_tokens(rearrange(tok, "b h n d -> b n (h d)"), residual_tokens)
+            tok = self.proj_tokens(rearrange(tok, "b h n d -> b n (h d)"))
         return lat, tok, maps

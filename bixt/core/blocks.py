@@ -4,14 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from timm.layers import register_notrace_module
 from torch import nn
 
 from bixt.core.attention import BiCrossAttention
-from bixt.core.layers import LayerNorm, Mlp, SelfAttentionBlock
-from bixt.core.layers import drop_path_or_identity as _drop
-from bixt.core.layers import layer_scale as _scale
-from bixt.core.layers import add_residual, plain_residual
+from bixt.core.layers import LayerNorm, Mlp, drop_path_or_identity, layer_scale, self_attention_block
 
 
 class CrossBlock(nn.Module):
@@ -22,6 +18,7 @@ class CrossBlock(nn.Module):
 
     def __init__(
         self,
+        *,
         latent_dim: int,
         token_dim: int,
         attn_dim: int,
@@ -39,43 +36,37 @@ class CrossBlock(nn.Module):
         self.one_sided = one_sided
         self.norm_latents = LayerNorm(latent_dim)
         self.norm_tokens = LayerNorm(token_dim)
-        self.attn = BiCrossAttention(latent_dim, token_dim, attn_dim, num_heads, rv_bias, one_sided, attn_impl)
-        self.ls_latents = _scale(latent_dim, init_values)
-        self.drop_path_latents = _drop(drop_path)
+        self.attn = BiCrossAttention(latent_dim=latent_dim, token_dim=token_dim, attn_dim=attn_dim,
+                                     num_heads=num_heads, bias=rv_bias, one_sided=one_sided, attn_impl=attn_impl)
+        self.ls_latents = layer_scale(latent_dim, init_values)
+        self.drop_path_latents = drop_path_or_identity(drop_path)
         self.mlp_norm_latents = LayerNorm(latent_dim)
         self.mlp_latents = Mlp(latent_dim, int(latent_dim * mlp_ratio))
-        self.mlp_ls_latents = _scale(latent_dim, init_values)
+        self.mlp_ls_latents = layer_scale(latent_dim, init_values)
         if not one_sided:
-            self.ls_tokens = _scale(token_dim, init_values)
-            self.drop_path_tokens = _drop(token_drop_path)
+            self.ls_tokens = layer_scale(token_dim, init_values)
+            self.drop_path_tokens = drop_path_or_identity(token_drop_path)
             self.mlp_norm_tokens = LayerNorm(token_dim)
             self.mlp_tokens = Mlp(token_dim, int(token_dim * (token_mlp_ratio or mlp_ratio)))
-            self.mlp_ls_tokens = _scale(token_dim, init_values)
+            self.mlp_ls_tokens = layer_scale(token_dim, init_values)
 
     def forward(self, latents, tokens, token_mask=None, return_attention: bool = False):
-        # Where layer scale and drop path are inactive, the residual adds run inside the output GEMMs.
-        fuse_lat = plain_residual(self.ls_latents, self.drop_path_latents)
-        fuse_tok = not self.one_sided and plain_residual(self.ls_tokens, self.drop_path_tokens)
-        lat_update, tok_update, maps = self.attn(
-            self.norm_latents(latents), self.norm_tokens(tokens), token_mask, return_attention,
-            residual_latents=latents if fuse_lat else None, residual_tokens=tokens if fuse_tok else None,
-        )
-        latents = lat_update if fuse_lat else latents + self.drop_path_latents(self.ls_latents(lat_update))
-        latents = add_residual(latents, self.mlp_latents, self.mlp_norm_latents(latents), self.mlp_ls_latents,
-                               self.drop_path_latents)
+        attended = self.attn(self.norm_latents(latents), self.norm_tokens(tokens), token_mask, return_attention)
+        lat_update, tok_update, maps = attended[0], attended[1], attended[2]  # indexed: an fx leaf returns one value
+        latents = latents + self.drop_path_latents(self.ls_latents(lat_update))
+        latents = latents + self.drop_path_latents(self.mlp_ls_latents(self.mlp_latents(self.mlp_norm_latents(latents))))
         if not self.one_sided:
-            tokens = tok_update if fuse_tok else tokens + self.drop_path_tokens(self.ls_tokens(tok_update))
-            tokens = add_residual(tokens, self.mlp_tokens, self.mlp_norm_tokens(tokens), self.mlp_ls_tokens,
-                                  self.drop_path_tokens)
+            tokens = tokens + self.drop_path_tokens(self.ls_tokens(tok_update))
+            tokens = tokens + self.drop_path_tokens(self.mlp_ls_tokens(self.mlp_tokens(self.mlp_norm_tokens(tokens))))
         return latents, tokens, maps
 
 
-@register_notrace_module  # a leaf for torch.fx: the eager fast paths inside branch on dtypes and devices
 class BiXTLayer(nn.Module):
     """Cross-attention block followed by a standard transformer block on the latents."""
 
     def __init__(
         self,
+        *,
         latent_dim: int,
         token_dim: int,
         attn_dim: int,
@@ -93,13 +84,12 @@ class BiXTLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.cross = CrossBlock(
-            latent_dim, token_dim, attn_dim, cross_heads, mlp_ratio, token_mlp_ratio, rv_bias,
-            drop_path, token_drop_path, init_values, one_sided, attn_impl,
+            latent_dim=latent_dim, token_dim=token_dim, attn_dim=attn_dim, num_heads=cross_heads,
+            mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio, rv_bias=rv_bias, drop_path=drop_path,
+            token_drop_path=token_drop_path, init_values=init_values, one_sided=one_sided, attn_impl=attn_impl,
         )
-        self.latent_attn = SelfAttentionBlock(
-            latent_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
-            drop_path=drop_path,
-        )
+        self.latent_attn = self_attention_block(dim=latent_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                                qkv_bias=qkv_bias, init_values=init_values, drop_path=drop_path)
 
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor, token_mask=None, return_attention: bool = False):
         latents, tokens, maps = self.cross(latents, tokens, token_mask, return_attention)

@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bixt.core.blocks import BiXTLayer
-from bixt.core.layers import bf16_inference
 
 
 def init_weights_jax(module: nn.Module) -> None:
@@ -27,17 +26,6 @@ def init_weights_jax(module: nn.Module) -> None:
 def check_tokens(tokens: torch.Tensor, token_dim: int) -> None:
     if tokens.dim() != 3 or tokens.shape[-1] != token_dim:
         raise ValueError(f"tokens must have shape (batch, tokens, {token_dim}), got {tuple(tokens.shape)}")
-
-
-@register_notrace_function
-def residual_streams(latents: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor,
-                     training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(latents, tokens)`` in the dtype the layers carry them in: bf16 in CPU bf16-autocast
-    inference where the CPU has native bf16 GEMMs (no casts around every norm, add and GEMM;
-    features stay within 1 % of fp32), unchanged elsewhere."""
-    if not training and bf16_inference(tokens, reference):
-        return latents.to(torch.bfloat16), tokens.to(torch.bfloat16)
-    return latents, tokens
 
 
 @register_notrace_function
@@ -113,6 +101,8 @@ class BiXTEncoder(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if num_latents < 1:  # with no latents every softmax over them is empty: all-NaN outputs
+            raise ValueError(f"num_latents must be >= 1, got {num_latents}")
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.dim = dim
@@ -129,8 +119,9 @@ class BiXTEncoder(nn.Module):
         self.latents = nn.Parameter(torch.zeros(1, num_latents, dim))
         self.blocks = nn.ModuleList(
             BiXTLayer(
-                dim, self.token_dim, self.attn_dim, num_heads, cross_heads or num_heads,
-                mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio, qkv_bias=qkv_bias, rv_bias=rv_bias,
+                latent_dim=dim, token_dim=self.token_dim, attn_dim=self.attn_dim, num_heads=num_heads,
+                cross_heads=cross_heads or num_heads, mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio,
+                qkv_bias=qkv_bias, rv_bias=rv_bias,
                 drop_path=rates[i], token_drop_path=token_rates[i], init_values=init_values,
                 one_sided=(i == depth - 1 and not update_tokens_last), attn_impl=attn_impl,
             )
@@ -172,18 +163,16 @@ class BiXTEncoder(nn.Module):
         check_tokens(tokens, self.token_dim)
         if token_mask is not None:
             check_token_mask(token_mask, tokens.shape[0], tokens.shape[1])
-        streams = residual_streams(self.latents.expand(tokens.shape[0], -1, -1), tokens, self.latents, self.training)
-        latents, tokens = streams[0], streams[1]  # indexed, not unpacked: a traced call returns one value
+        latents = self.latents.expand(tokens.shape[0], -1, -1)
         maps, intermediates = [], []
         blocks = self.blocks if last is None else self.blocks[: last + 1]
         for i, block in enumerate(blocks):
             if self.grad_checkpointing and self.training and not return_attention:
-                out = checkpoint(block, latents, tokens, token_mask, use_reentrant=False)
+                latents, tokens, layer_maps = checkpoint(block, latents, tokens, token_mask, use_reentrant=False)
             else:
-                out = block(latents, tokens, token_mask, return_attention)
-            latents, tokens = out[0], out[1]
+                latents, tokens, layer_maps = block(latents, tokens, token_mask, return_attention)
             if return_attention:
-                maps.append(out[2])
+                maps.append(layer_maps)
             if i in take:
                 intermediates.append(mask_padding(tokens, token_mask))
         return latents, mask_padding(tokens, token_mask), maps, intermediates

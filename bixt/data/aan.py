@@ -132,12 +132,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("BIXT_CACHE", Path.home() / ".cache" / "bixt")) / "aan"
 
 
-def load_aan_split(path: Union[str, Path], cache_dir: Union[str, Path]):
+def _has_rows(path: Path) -> bool:
+    """Whether the file holds a non-blank line (reads only up to the first one)."""
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
+def load_aan_split(path: Union[str, Path], cache_dir: Union[str, Path], split: Optional[str] = None):
     """One parsed split as a ``datasets.Dataset`` (label, id1, id2, text1, text2), cached in ``cache_dir``."""
     from datasets import Dataset
     from datasets.exceptions import DatasetGenerationError
 
     path = Path(path)
+    if not _has_rows(path):  # datasets would only say 'Instruction "train" corresponds to no data'
+        which = f" (the {split!r} split)" if split else ""
+        raise AANFormatError(f"{path}{which} holds no pairs; expected one tab-separated row "
+                             f"({', '.join(COLUMNS)}) per pair")
     fingerprint = _file_fingerprint(path)
     try:
         return Dataset.from_generator(
@@ -201,7 +211,7 @@ def load_aan(
     tokenizer = ByteTokenizer(max_len)
     out = {}
     for split in splits:
-        raw = load_aan_split(root / FILE_TEMPLATE.format(split=split), cache_dir)
+        raw = load_aan_split(root / FILE_TEMPLATE.format(split=split), cache_dir, split)
         cache_file = cache_dir / f"aan-{split}-{raw._fingerprint}-bytes{max_len}.arrow"
         out[split] = tokenize_pairs(raw, tokenizer, cache_file_name=str(cache_file))
     return out

@@ -8,14 +8,17 @@ All three give map-style datasets of ``(image tensor (3, H, W), label)`` pairs; 
   two dots, ellipse, half-disk) at random position, scale and rotation, random foreground and
   background colours (colour carries no label information), a background gradient, a distractor
   line and pixel noise. Learnable by a small model, yet not by a linear model on pixels.
-* ``folder`` (:class:`ImageFolderDataset`): ``root/train/<class>/*.jpg|png|...`` and
-  ``root/val/<class>/...`` (class index = sorted folder names of ``train``), with timm transforms.
+* ``folder`` (:class:`ImageFolderDataset`): ``root/train/<class>/**/*.jpg|png`` and
+  ``root/val/<class>/...`` (class index = natural-sorted folder names of ``train``, or the order of
+  a given class list), with timm transforms.
 * ``hf`` (:class:`HFImageDataset`): a Hugging Face ``datasets`` image dataset stored locally
-  (``save_to_disk`` output, or a local dataset script/folder for ``load_dataset``).
+  (``save_to_disk`` output, or a local dataset script/folder for ``load_dataset``); labels must be
+  integer class indices.
 
-Unreadable images raise :class:`BadImageError` naming the file (``on_bad_image: fail``) or are
-replaced by the next readable sample and counted, with a warning naming the file
-(``on_bad_image: skip``).
+Every dataset has ``classes`` (label index -> name). Unreadable images raise
+:class:`BadImageError` naming the file (``on_bad_image: fail``) or are replaced by the next
+readable sample and counted, with a warning naming the file (``on_bad_image: skip``); the
+validation images' headers are checked when the data is built, so bad ones surface before training.
 """
 from __future__ import annotations
 
@@ -23,13 +26,16 @@ import io
 import logging
 import math
 import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, get_img_extensions
 from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -152,6 +158,29 @@ class ShapesDataset(Dataset):
 
 
 # ------------------------------------------------------------------------------------ files on disk
+#: File extensions read as images (timm's list).
+IMAGE_EXTENSIONS = frozenset(get_img_extensions(as_set=True))
+
+
+def _listing(names: Sequence[Any], limit: int = 20) -> str:
+    """``['a', 'b', ...]`` for messages, cut after ``limit`` names (ImageNet has 1000 classes)."""
+    names = list(names)
+    more = f" ... ({len(names)} in all)" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
+
+
+class _NamedBytes(io.BytesIO):
+    """Image bytes whose repr is the image's name: PIL writes ``repr(fp)`` into its errors, which
+    would otherwise say ``<_io.BytesIO object at 0x...>`` instead of which image is broken."""
+
+    def __init__(self, data: bytes, where: str):
+        super().__init__(data)
+        self.where = where
+
+    def __repr__(self) -> str:
+        return self.where
+
+
 class _BadImagePolicy:
     """Shared by the file-backed datasets: load a sample, or deal with an unreadable one."""
 
@@ -164,11 +193,19 @@ class _BadImagePolicy:
         self.on_bad_image = on_bad_image
         self.skipped = 0
 
-    def _load(self, index: int) -> Image.Image:
+    def _source(self, index: int) -> Any:
+        """What PIL opens for sample ``index``: a path or a file-like object."""
         raise NotImplementedError
 
     def _describe(self, index: int) -> str:
         raise NotImplementedError
+
+    def _drop(self, indices: set[int]) -> None:
+        """Remove samples (the unreadable ones found by :meth:`verify_files`)."""
+        raise NotImplementedError
+
+    def _load(self, index: int) -> Image.Image:
+        return _open_rgb(self._source(index))
 
     def _load_with_policy(self, index: int) -> tuple[Image.Image, int]:
         """Image and the index it came from (a later one when skipping)."""
@@ -188,26 +225,119 @@ class _BadImagePolicy:
         raise BadImageError(f"50 consecutive unreadable images from index {index} ({self._describe(index)}); "
                             "is the data set corrupt?")
 
+    def _header_problem(self, index: int) -> Optional[str]:
+        try:
+            with Image.open(self._source(index)) as img:
+                img.verify()  # headers (and PNG chunk checksums); no pixel decoding
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+            return f"{type(err).__name__}: {err}"
+        return None
+
+    def verify_files(self, what: str, threads: int = 8) -> None:
+        """Check every image's header now, so that a file that is no image is named before
+        training starts rather than when an epoch first reaches it.
+
+        ``on_bad_image=fail`` raises :class:`BadImageError` naming the bad files; ``skip`` drops
+        them, naming each in a warning. A truncated JPEG body passes this check (finding it needs a
+        full decode); it is still reported by path when it is read.
+        """
+        with ThreadPoolExecutor(threads) as pool:  # opening files waits on storage more than on the CPU
+            problems = [(i, p) for i, p in enumerate(pool.map(self._header_problem, range(len(self)))) if p]
+        if not problems:
+            return
+        if self.on_bad_image == "fail":
+            named = "; ".join(f"{self._describe(i)} ({p})" for i, p in problems[:5])
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise BadImageError(f"{len(problems)} unreadable image(s) in {what}: {named}{more}. Remove or replace "
+                                "them, or set data.on_bad_image=skip to skip such files")
+        for i, p in problems:
+            log.warning("skipping unreadable image %s (%s)", self._describe(i), p)
+        self.skipped += len(problems)
+        self._drop({i for i, _ in problems})
+        if len(self) == 0:
+            raise BadImageError(f"every image in {what} is unreadable (first: {problems[0][1]})")
+        log.warning("%s: %d unreadable image(s) skipped, %d left", what, len(problems), len(self))
+
 
 def _open_rgb(source: Any) -> Image.Image:
     with Image.open(source) as img:
         return img.convert("RGB")  # convert() decodes the pixels, so truncated files fail here
 
 
+def _is_hidden(name: str) -> bool:
+    # .ipynb_checkpoints, .DS_Store, macOS "._x.jpg" resource forks: never classes or images
+    return name.startswith(".")
+
+
+def class_folders(root: Path) -> list[str]:
+    """Class folder names of ``root`` in natural sort order (timm's order); hidden folders are not classes."""
+    from timm.utils.misc import natural_key
+
+    return sorted((d.name for d in root.iterdir() if d.is_dir() and not _is_hidden(d.name)), key=natural_key)
+
+
+def find_images(folder: Path) -> list[str]:
+    """Image files under ``folder``, recursively, hidden entries skipped.
+
+    Directory symlinks are followed, but each real directory is listed once: a link back up the
+    tree (a loop) would otherwise list the same files again at every level until paths get too long.
+    """
+    seen: set[str] = set()
+    found: list[str] = []
+    for current, subdirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:
+            subdirs[:] = []  # do not descend further into a directory already listed
+            continue
+        seen.add(real)
+        subdirs[:] = [d for d in subdirs if not _is_hidden(d)]
+        found += [os.path.join(current, f) for f in files
+                  if not _is_hidden(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return found
+
+
 class ImageFolderDataset(_BadImagePolicy, Dataset):
-    """``root/<class>/**/<image>`` files (ImageNet layout); classes indexed in sorted order."""
+    """``root/<class>/**/<image>`` files (ImageNet layout).
+
+    The classes are the folders directly under ``root``, indexed in natural sort order, unless
+    ``class_to_idx`` fixes the indices (the training classes, or a checkpoint's class list); then
+    every class folder must be in it (``classes_from`` says where the list came from, for the error).
+    A class folder without images is an error unless ``allow_empty_classes`` (evaluation: that class
+    just has no samples). ``classes`` lists every class name by index.
+    """
 
     def __init__(self, root: str | os.PathLike, transform: Optional[Callable] = None,
-                 class_to_idx: Optional[dict[str, int]] = None, on_bad_image: str = "fail"):
-        from timm.data.readers.reader_image_folder import find_images_and_targets
+                 class_to_idx: Optional[dict[str, int]] = None, on_bad_image: str = "fail",
+                 allow_empty_classes: bool = False, classes_from: str = "the class list"):
+        from timm.utils.misc import natural_key
 
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {self.root} does not exist; expected {self.root}/<class>/<images>")
-        samples, self.class_to_idx = find_images_and_targets(str(self.root), class_to_idx=class_to_idx)
+        folders = class_folders(self.root)
+        if class_to_idx is None:
+            class_to_idx = {c: i for i, c in enumerate(folders)}
+        unknown = [c for c in folders if c not in class_to_idx]
+        if unknown:
+            raise ValueError(f"{self.root} has class folder(s) {_listing(unknown)} that are not among the "
+                             f"{len(class_to_idx)} classes of {classes_from}: {_listing(list(class_to_idx))}; "
+                             "remove or rename those folders, or use a class list that has them")
+        self.class_to_idx = dict(class_to_idx)
+        samples, empty = [], []
+        for name in folders:
+            files = find_images(self.root / name)
+            if not files:
+                empty.append(str(self.root / name))
+            samples += [(f, self.class_to_idx[name]) for f in files]
+        kinds = "/".join(sorted(IMAGE_EXTENSIONS))
+        if empty and not allow_empty_classes:
+            raise ValueError(f"class folder(s) {_listing(empty, 10)} are empty (no {kinds} images inside); add "
+                             "images or remove the empty folder(s)")
+        if empty:
+            log.warning("class folder(s) %s are empty: those classes have no samples here", _listing(empty, 10))
         if not samples:
-            raise FileNotFoundError(f"no images (jpg, jpeg, png, ...) found under {self.root}/<class>/")
-        self.samples = samples
+            raise FileNotFoundError(f"no images ({kinds}) found under {self.root}/<class>/")
+        self.samples = sorted(samples, key=lambda s: natural_key(s[0]))
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
         self.transform = transform
         self._init_policy(on_bad_image)
@@ -215,22 +345,52 @@ class ImageFolderDataset(_BadImagePolicy, Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _load(self, index: int) -> Image.Image:
-        return _open_rgb(self.samples[index][0])
+    def _source(self, index: int) -> str:
+        return self.samples[index][0]
 
     def _describe(self, index: int) -> str:
         return str(self.samples[index][0])
+
+    def _drop(self, indices: set[int]) -> None:
+        self.samples = [s for i, s in enumerate(self.samples) if i not in indices]
 
     def __getitem__(self, index: int):
         img, i = self._load_with_policy(index)
         return (self.transform(img) if self.transform else img), self.samples[i][1]
 
 
+def _integer_labels(values: Sequence[Any], where: str) -> list[int]:
+    """Labels as ints; a non-integer label (1.7, 'cat', None) or a negative one is an error naming its row."""
+    def fail(row: int, why: str):
+        value = values[row]
+        shown = f"{value:.6g}" if isinstance(value, float) else repr(value)  # float32 columns: 1.7, not 1.70000005
+        raise ValueError(f"{where}: label {shown} in row {row} {why}; labels must be class indices "
+                         "0, 1, ... (set data.label_column to the column that holds them)")
+
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        bad = next(i for i, v in enumerate(values) if not isinstance(v, (bool, int, np.integer)))
+        fail(bad, "is not an integer")
+    if array.dtype.kind == "f":
+        not_whole = ~np.isfinite(array) | (array != np.round(array))
+        if not_whole.any():
+            fail(int(np.argmax(not_whole)), "is not a whole number (it would be truncated)")
+    if array.size and array.min() < 0:
+        fail(int(np.argmin(array)), "is negative (an unlabelled sample?)")
+    return array.astype(np.int64).tolist()
+
+
 class HFImageDataset(_BadImagePolicy, Dataset):
-    """A split of a Hugging Face image dataset; images decoded here so errors can name the file."""
+    """A split of a Hugging Face image dataset; images decoded here so errors can name the file.
+
+    Labels must be integer class indices (checked here, naming the row). ``label_map`` re-indexes
+    them (dataset label i -> ``label_map[i]``, e.g. onto a checkpoint's class order); ``classes``
+    names every class by index (default: the ``ClassLabel`` names, else ``class_0``, ...).
+    """
 
     def __init__(self, split, image_column: str = "image", label_column: str = "label",
-                 transform: Optional[Callable] = None, on_bad_image: str = "fail", name: str = "dataset"):
+                 transform: Optional[Callable] = None, on_bad_image: str = "fail", name: str = "dataset",
+                 classes: Optional[Sequence[str]] = None, label_map: Optional[Sequence[int]] = None):
         from datasets import Image as HFImage
 
         for col in (image_column, label_column):
@@ -239,19 +399,26 @@ class HFImageDataset(_BadImagePolicy, Dataset):
                                "(set data.image_column / data.label_column)")
         self.split = split.cast_column(image_column, HFImage(decode=False))
         self.image_column, self.label_column = image_column, label_column
-        self.labels = self.split[label_column]
-        self.transform = transform
         self.name = name
+        self.labels = _integer_labels(self.split[label_column], f"{name} column {label_column!r}")
+        if label_map is not None:
+            self.labels = [int(label_map[y]) for y in self.labels]
+        if classes is None:
+            classes = hf_class_names(split, label_column)
+        if classes is None:
+            classes = [f"class_{i}" for i in range(max(self.labels, default=-1) + 1)]
+        self.classes = list(classes)
+        self.transform = transform
         self._init_policy(on_bad_image)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _load(self, index: int) -> Image.Image:
+    def _source(self, index: int) -> Any:
         item = self.split[index][self.image_column]
         if item.get("bytes"):
-            return _open_rgb(io.BytesIO(item["bytes"]))
-        return _open_rgb(item["path"])
+            return _NamedBytes(item["bytes"], self._describe(index))
+        return item["path"]
 
     def _describe(self, index: int) -> str:
         try:
@@ -260,9 +427,21 @@ class HFImageDataset(_BadImagePolicy, Dataset):
             path = None
         return f"{path} ({self.name}[{index}])" if path else f"{self.name}[{index}]"
 
+    def _drop(self, indices: set[int]) -> None:
+        keep = [i for i in range(len(self.labels)) if i not in indices]
+        self.split = self.split.select(keep)
+        self.labels = [self.labels[i] for i in keep]
+
     def __getitem__(self, index: int):
         img, i = self._load_with_policy(index)
-        return (self.transform(img) if self.transform else img), int(self.labels[i])
+        return (self.transform(img) if self.transform else img), self.labels[i]
+
+
+def hf_class_names(split, label_column: str) -> Optional[list[str]]:
+    """The ``ClassLabel`` names of a split's label column, or None when it has none."""
+    feature = split.features.get(label_column)
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
 
 
 # ------------------------------------------------------------------------------------ from config
@@ -282,6 +461,9 @@ def image_transforms(data_cfg: Any, img_size: int) -> tuple[Callable, Callable]:
 def _load_hf(data_cfg: Any):
     import datasets
 
+    if not data_cfg.get("path"):
+        raise ValueError("data=hf needs data.path=DIR, a local Hugging Face dataset (datasets.save_to_disk output, "
+                         "or a local data folder / script for datasets.load_dataset); nothing is downloaded")
     path = Path(str(data_cfg.path))
     if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
         ds = datasets.load_from_disk(str(path))
@@ -300,53 +482,137 @@ def _load_hf(data_cfg: Any):
 
 
 def folder_class_to_idx(root: Path) -> dict[str, int]:
-    """Class indices of a ``root/<class>/<image>`` folder, ordered as timm's folder reader orders
-    them (natural sort of the class names), from the folder names alone."""
-    from timm.utils.misc import natural_key
-
-    return {c: i for i, c in enumerate(sorted((d.name for d in root.iterdir() if d.is_dir()), key=natural_key))}
+    """Class indices of a ``root/<class>/<image>`` folder, as :class:`ImageFolderDataset` assigns
+    them, from the folder names alone (no walk over the images)."""
+    return {c: i for i, c in enumerate(class_folders(root))}
 
 
-def build_image_datasets(data_cfg: Any, img_size: int, eval_only: bool = False) -> tuple[Optional[Dataset], Dataset, int]:
+def _checked_class_names(class_names: Optional[Sequence[str]]) -> Optional[list[str]]:
+    if class_names is None:
+        return None
+    names = [str(c) for c in class_names]
+    duplicates = sorted(c for c, n in Counter(names).items() if n > 1)
+    if duplicates or not names:
+        raise ValueError(f"class_names must be a non-empty list of distinct class names; got {_listing(names)}"
+                         + (f" (repeated: {duplicates})" if duplicates else ""))
+    return names
+
+
+def _checked_num_classes(data_cfg: Any, classes: Sequence[str], origin: str) -> int:
+    """``len(classes)``; a ``data.num_classes`` that disagrees is an error (it would fail later as
+    'Target 2 is out of bounds', or train a head with classes that never occur)."""
+    wanted = data_cfg.get("num_classes")
+    if wanted is not None and int(wanted) != len(classes):
+        raise ValueError(f"data.num_classes={wanted} but {origin} give {len(classes)} classes {_listing(classes)}; "
+                         f"set data.num_classes={len(classes)}, or null to take the count from the data")
+    return len(classes)
+
+
+def _build_embedded(data_cfg: Any, img_size: int, eval_only: bool, class_names: Optional[list[str]]):
+    expected = list(SHAPE_CLASSES[:data_cfg.num_classes])
+    if class_names is not None and class_names != expected:
+        raise ValueError(f"class_names {_listing(class_names)} do not match the embedded set's classes {expected} "
+                         f"(data.num_classes={data_cfg.num_classes}): its labels are fixed by the generator; "
+                         "evaluate that model on the data it was trained on")
+    common = dict(img_size=img_size, num_classes=data_cfg.num_classes, noise=data_cfg.noise)
+    # distinct seeds: validation images are new draws, not copies of training ones
+    train = None if eval_only else ShapesDataset(data_cfg.train_size, seed=data_cfg.seed, train=True, **common)
+    val = ShapesDataset(data_cfg.val_size, seed=data_cfg.seed + 1_000_003, **common)
+    return train, val, data_cfg.num_classes
+
+
+def _build_folder(data_cfg: Any, train_tf: Callable, val_tf: Callable, eval_only: bool,
+                  class_names: Optional[list[str]]):
+    if not data_cfg.get("root"):
+        raise ValueError("data=folder needs data.root=DIR holding train/<class>/ and val/<class>/ image folders")
+    root = Path(str(data_cfg.root))
+    train_dir, val_dir = root / data_cfg.train_split, root / data_cfg.val_split
+    policy = data_cfg.on_bad_image
+    class_to_idx, origin = None, f"the class folders of {train_dir}"
+    if class_names is not None:
+        class_to_idx = {c: i for i, c in enumerate(class_names)}
+        origin = "class_names"
+    train = None
+    if not eval_only:
+        train = ImageFolderDataset(train_dir, train_tf, class_to_idx, policy, classes_from=origin)
+        absent = sorted(set(train.classes) - set(class_folders(train_dir)))
+        if absent:
+            log.warning("classes %s of class_names have no folder in %s: the model never sees them in training",
+                        _listing(absent), train_dir)
+        class_to_idx = train.class_to_idx
+    elif class_to_idx is None and train_dir.is_dir():  # the class order of training, without listing its images
+        class_to_idx = folder_class_to_idx(train_dir)
+    elif class_to_idx is None:
+        origin = f"the class folders of {val_dir}"
+        log.warning("evaluating without %s and without a class list: labels follow the class folders of %s in "
+                    "natural order; if that folder lacks a class the model was trained on, every later label is "
+                    "shifted (keep the training folder, or pass the model's class names)", train_dir, val_dir)
+    val = ImageFolderDataset(val_dir, val_tf, class_to_idx, policy, allow_empty_classes=True, classes_from=origin)
+    return train, val, _checked_num_classes(data_cfg, val.classes, origin)
+
+
+def _build_hf(data_cfg: Any, train_tf: Callable, val_tf: Callable, eval_only: bool,
+              class_names: Optional[list[str]]):
+    ds = _load_hf(data_cfg)
+    splits = {"train": data_cfg.train_split, "val": data_cfg.val_split}
+    names = {key: hf_class_names(ds[split], data_cfg.label_column) for key, split in splits.items()}
+    own = names["train"] or names["val"]  # the data set's own class names, if its labels have any
+    if eval_only:
+        del splits["train"]  # nothing is read from it
+    if class_names is None and names["train"] and names["val"] and names["train"] != names["val"]:
+        raise ValueError(f"{data_cfg.path}: the {data_cfg.train_split!r} and {data_cfg.val_split!r} splits name "
+                         f"their classes differently ({_listing(names['train'])} vs {_listing(names['val'])})")
+    label_map = None
+    if class_names is not None and own is not None:  # match the data set's class names to the given list
+        unknown = [c for c in own if c not in class_names]
+        if unknown:
+            raise ValueError(f"{data_cfg.path}: classes {_listing(unknown)} of column {data_cfg.label_column!r} are "
+                             f"not in class_names {_listing(class_names)}")
+        label_map = [class_names.index(c) for c in own]
+    kw = dict(image_column=data_cfg.image_column, label_column=data_cfg.label_column,
+              on_bad_image=data_cfg.on_bad_image, label_map=label_map)
+    tfs = {"train": train_tf, "val": val_tf}
+    sets = {key: HFImageDataset(ds[split], transform=tfs[key], name=f"{data_cfg.path}:{split}", **kw)
+            for key, split in splits.items()}
+    if class_names is not None or own is not None:
+        classes = class_names or own
+        num_classes = _checked_num_classes(data_cfg, classes, "class_names" if class_names else
+                                           f"the ClassLabel names of column {data_cfg.label_column!r}")
+    else:  # bare integer labels: data.num_classes, or as many as the largest label needs
+        num_classes = data_cfg.get("num_classes") or 1 + max(max(s.labels, default=0) for s in sets.values())
+        classes = [f"class_{i}" for i in range(num_classes)]
+    for dataset in sets.values():
+        dataset.classes = list(classes)
+        top = max(dataset.labels, default=0)
+        if top >= num_classes:
+            raise ValueError(f"{dataset.name}: label {top} (row {dataset.labels.index(top)}) is out of range for "
+                             f"data.num_classes={num_classes}; set data.num_classes to at least {top + 1}, or null")
+    return sets.get("train"), sets["val"], num_classes
+
+
+def build_image_datasets(data_cfg: Any, img_size: int, eval_only: bool = False,
+                         class_names: Optional[Sequence[str]] = None) -> tuple[Optional[Dataset], Dataset, int]:
     """``(train, val, num_classes)`` for ``data.source`` in embedded | folder | hf.
 
-    ``train`` is ``None`` when ``eval_only`` (nothing is read or generated for it).
+    ``train`` is ``None`` when ``eval_only`` (nothing is read or generated for it). ``class_names``
+    (e.g. stored with a checkpoint) fixes the labels: label i is ``class_names[i]``; a class folder
+    (or ``ClassLabel`` name) not in the list is an error, a listed class missing from the data just
+    has no samples. Without it, labels follow the sorted class folders of ``train/`` (of ``val/``
+    when evaluating without ``train/``). Every returned dataset has ``.classes`` (index -> name).
+
+    The validation images' headers are checked here (``data.verify_val``), so that a bad file is
+    named (``data.on_bad_image=fail``) or dropped (``skip``) before any training.
     """
+    class_names = _checked_class_names(class_names)
     source = data_cfg.source
     if source == "embedded":
-        common = dict(img_size=img_size, num_classes=data_cfg.num_classes, noise=data_cfg.noise)
-        # distinct seeds: validation images are new draws, not copies of training ones
-        train = None if eval_only else ShapesDataset(data_cfg.train_size, seed=data_cfg.seed, train=True, **common)
-        val = ShapesDataset(data_cfg.val_size, seed=data_cfg.seed + 1_000_003, **common)
-        return train, val, data_cfg.num_classes
+        return _build_embedded(data_cfg, img_size, eval_only, class_names)
+    if source not in ("folder", "hf"):
+        raise ValueError(f"data.source must be embedded, folder or hf; got {source!r}")
     train_tf, val_tf = image_transforms(data_cfg, img_size)
-    if source == "folder":
-        if not data_cfg.root:
-            raise ValueError("data=folder needs data.root=DIR holding train/<class>/ and val/<class>/ image folders")
-        root = Path(str(data_cfg.root))
-        train_dir, val_dir = root / data_cfg.train_split, root / data_cfg.val_split
-        train, class_to_idx = None, None
-        if not eval_only:
-            train = ImageFolderDataset(train_dir, train_tf, on_bad_image=data_cfg.on_bad_image)
-            class_to_idx = train.class_to_idx
-        elif train_dir.is_dir():  # the class order of training, without listing every training image
-            class_to_idx = folder_class_to_idx(train_dir)
-        # (evaluation alone without train/ takes its classes from val/)
-        if class_to_idx is not None and val_dir.is_dir():
-            extra = sorted({p.name for p in val_dir.iterdir() if p.is_dir()} - set(class_to_idx))
-            if extra:
-                raise ValueError(f"{val_dir} has class folders missing from {train_dir}: {extra[:10]}")
-        val = ImageFolderDataset(val_dir, val_tf, class_to_idx=class_to_idx, on_bad_image=data_cfg.on_bad_image)
-        num_classes = data_cfg.num_classes or len(val.class_to_idx)
-        return train, val, num_classes
-    if source == "hf":
-        ds = _load_hf(data_cfg)
-        kw = dict(image_column=data_cfg.image_column, label_column=data_cfg.label_column,
-                  on_bad_image=data_cfg.on_bad_image)
-        train = None if eval_only else HFImageDataset(ds[data_cfg.train_split], transform=train_tf,
-                                                      name=f"{data_cfg.path}:{data_cfg.train_split}", **kw)
-        val = HFImageDataset(ds[data_cfg.val_split], transform=val_tf, name=f"{data_cfg.path}:{data_cfg.val_split}", **kw)
-        features = ds[data_cfg.train_split].features.get(data_cfg.label_column)
-        num_classes = data_cfg.num_classes or getattr(features, "num_classes", None) or int(max(val.labels)) + 1
-        return train, val, num_classes
-    raise ValueError(f"data.source must be embedded, folder or hf; got {source!r}")
+    build = _build_folder if source == "folder" else _build_hf
+    train, val, num_classes = build(data_cfg, train_tf, val_tf, eval_only, class_names)
+    if data_cfg.get("verify_val", True):
+        where = val.root if source == "folder" else val.name
+        val.verify_files(f"the validation set {where}")
+    return train, val, num_classes

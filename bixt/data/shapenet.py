@@ -6,7 +6,9 @@ by a :class:`PartSegInfo` (category names and each category's part labels).
 
 The user's ShapeNetPart folder is treated as read-only: PyG wants ``root/raw`` and writes
 ``root/processed``, so :func:`load_shapenetpart` builds ``<cache_dir>/shapenetpart-<hash>/raw``
-out of symlinks to the user's folders and lets PyG write its processed files next to it.
+out of symlinks to the user's folders and lets PyG write its processed files next to it. The
+processed files are keyed on the size and modification time of every split and shape file they
+were made from (and on the reader version): any edit gets them processed again.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PartSegInfo",
+    "NormalizeScale",
     "SHAPENET_INFO",
     "SYNTHETIC_INFO",
     "SHAPENET_FOLDER",
@@ -364,53 +367,132 @@ def _split_names(folder: Path, split: str) -> list[str]:
     return [osp.join(*e.split("/")[1:]) + ".txt" for e in entries]
 
 
-def _validate_shape(data: Data, path: str, allowed: Sequence[int]) -> None:
-    if data.pos.numel() == 0:
-        raise ValueError(f"shape file {path!r} holds an empty cloud (no points)")
-    if data.x is None or data.x.shape[1] != 3:
-        raise ValueError(
-            f"shape file {path!r} has {3 + (0 if data.x is None else data.x.shape[1]) + 1} columns, expected 7 "
-            "('x y z nx ny nz label' per row)"
-        )
-    bad_rows = (~torch.isfinite(data.pos).all(dim=1)) | (~torch.isfinite(data.x).all(dim=1))
-    if bool(bad_rows.any()):
-        rows = bad_rows.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"shape file {path!r} has NaN/inf coordinates or normals (0-based rows {rows}...)")
-    wrong = sorted(set(data.y.unique().tolist()) - set(allowed))
+#: Part of the processed-cache key: bump when reading or checking shape files changes, so that
+#: caches written by an older reader are processed again.
+READER_VERSION = "2"
+_COLUMNS = "'x y z nx ny nz label'"
+
+
+def _read_shape_rows(raw_path: str, path: str) -> np.ndarray:
+    """The (N, 7) float64 rows of one shape file; errors name the user's ``path``."""
+    if osp.getsize(raw_path) == 0:
+        raise ValueError(f"shape file {path!r} is empty (an empty cloud)")
+    try:
+        rows = np.loadtxt(raw_path, dtype=np.float64, ndmin=2)  # ndmin: a one-row file stays 2-D
+    except ValueError as err:  # ragged or non-numeric rows
+        raise ValueError(f"could not parse shape file {path!r} ({err}); expected rows {_COLUMNS}") from None
+    if rows.shape[0] == 0:
+        raise ValueError(f"shape file {path!r} is empty (an empty cloud)")
+    if rows.shape[1] != 7:
+        raise ValueError(f"shape file {path!r} has {rows.shape[1]} columns, expected 7 ({_COLUMNS} per row)")
+    return rows
+
+
+def _validate_rows(rows: np.ndarray, path: str, allowed: Sequence[int]) -> None:
+    """Reject what would otherwise turn silently into wrong labels or NaN predictions."""
+    bad_rows = ~np.isfinite(rows).all(axis=1)
+    if bad_rows.any():
+        raise ValueError(f"shape file {path!r} has NaN/inf coordinates, normals or labels "
+                         f"(0-based rows {np.flatnonzero(bad_rows)[:5].tolist()}...)")
+    labels = rows[:, 6]
+    fractional = labels != np.round(labels)
+    if fractional.any():  # a cast to long would truncate 1.7 to 1 without a word
+        row = int(np.argmax(fractional))
+        raise ValueError(f"shape file {path!r} has a non-integer part label {labels[row]:g} in 0-based row {row}; "
+                         "labels must be whole numbers")
+    wrong = sorted(set(labels.astype(np.int64).tolist()) - set(allowed))
     if wrong:
-        raise ValueError(
-            f"shape file {path!r} has part labels {wrong} outside its category's labels {list(allowed)}"
-        )
+        raise ValueError(f"shape file {path!r} has part labels {wrong} outside its category's labels {list(allowed)}")
+    pos = rows[:, :3]
+    if (pos.max(axis=0) == pos.min(axis=0)).all():  # no extent: normalising it to the unit sphere divides by 0
+        raise ValueError(f"shape file {path!r} has {len(pos)} point(s), all at {pos[0].tolist()}: a shape needs "
+                         "points at two or more positions; remove it from the split files")
 
 
 class _CheckedShapeNet(ShapeNet):
-    """PyG's ShapeNet reader with per-file checks whose errors name the user's file."""
+    """PyG's ShapeNet reader with per-file checks whose errors name the user's file.
+
+    The per-file parse is PyG's (same tensors, same order), done here so that rows can be checked
+    before their labels are cast to integers and a one-row file is read as one point.
+    """
 
     def __init__(self, root: str, source: Path, **kwargs) -> None:
         self.source = source  # the user's folder, for error messages
         super().__init__(root, **kwargs)
 
     def process_filenames(self, filenames: list[str]) -> list[Data]:
-        selected = {ShapeNet.category_ids[c] for c in self.categories}
+        category_index = {ShapeNet.category_ids[c]: i for i, c in enumerate(self.categories)}
+        name_of = {v: k for k, v in ShapeNet.category_ids.items()}
         data_list = []
         for name in filenames:
             synset = name.split(osp.sep)[0]
-            if synset not in selected:
+            if synset not in category_index:
                 continue
-            user_path = str(self.source / name)
-            if not osp.isfile(osp.join(self.raw_dir, name)):
+            user_path, raw_path = str(self.source / name), osp.join(self.raw_dir, name)
+            if not osp.isfile(raw_path):
                 raise FileNotFoundError(f"shape file {user_path!r} is listed in a split file but does not exist")
-            if osp.getsize(osp.join(self.raw_dir, name)) == 0:
-                raise ValueError(f"shape file {user_path!r} is empty (an empty cloud)")
-            try:
-                (data,) = super().process_filenames([name])
-            except Exception as err:  # malformed rows: report which file
-                raise ValueError(f"could not parse shape file {user_path!r} ({err}); expected rows "
-                                 "'x y z nx ny nz label'") from err
-            name_of = {v: k for k, v in ShapeNet.category_ids.items()}[synset]
-            _validate_shape(data, user_path, ShapeNet.seg_classes[name_of])
+            rows = _read_shape_rows(raw_path, user_path)
+            _validate_rows(rows, user_path, ShapeNet.seg_classes[name_of[synset]])
+            table = torch.from_numpy(rows).float()
+            data = Data(pos=table[:, :3], x=table[:, 3:6], y=torch.from_numpy(rows[:, 6]).long(),
+                        category=category_index[synset])
+            if self.pre_filter is not None and not self.pre_filter(data):
+                continue
+            if self.pre_transform is not None:
+                data = self.pre_transform(data)
             data_list.append(data)
         return data_list
+
+
+def _input_fingerprint(folder: Path, split_names: dict[str, list[str]], categories: Sequence[str]) -> str:
+    """Identity of everything processing reads: the split files and every listed shape file of the
+    chosen categories (path, size, mtime in ns), with the reader version and the categories.
+
+    A change of any file, not only of their number, then means the processed cache is stale.
+    """
+    synsets = {ShapeNet.category_ids[c] for c in categories}
+    files = [osp.join("train_test_split", _SPLIT_FILE.format(s)) for s in ("train", "val", "test")]
+    files += sorted({n for names in split_names.values() for n in names if n.split(osp.sep)[0] in synsets})
+    digest = hashlib.sha1(f"reader {READER_VERSION}; categories {list(categories)}\n".encode())
+    for rel in files:
+        try:
+            stat = os.stat(folder / rel)
+            identity = f"{stat.st_size} {stat.st_mtime_ns}"
+        except FileNotFoundError:  # processing reports it by name
+            identity = "missing"
+        digest.update(f"{rel}\0{identity}\n".encode())
+    return digest.hexdigest()
+
+
+def _fingerprint_file(cache_root: Path, categories: Sequence[str]) -> Path:
+    # named like PyG's processed files for these categories, next to them
+    key = "_".join(c[:3].lower() for c in categories)
+    return cache_root / "processed" / f"{key}_inputs.sha1"
+
+
+def _check_categories(folder: Path, categories: Sequence[str], split_names: dict[str, list[str]],
+                      chosen: bool) -> None:
+    """Each category the user chose has shapes on disk (the default, every synset folder present,
+    may include empty ones), and each split lists some of them (PyG fails with an IndexError on a
+    split without shapes)."""
+    def has_shapes(category: str) -> bool:
+        synset = folder / ShapeNet.category_ids[category]
+        if not synset.is_dir():
+            return False
+        with os.scandir(synset) as entries:
+            return any(True for _ in entries)
+
+    missing = [c for c in categories if not has_shapes(c)] if chosen else []
+    if missing:
+        present = [c for c in ShapeNet.category_ids if has_shapes(c)]
+        raise ValueError(f"data.categories: no shapes of {missing} in {str(folder)!r} (synset folders "
+                         f"{[ShapeNet.category_ids[c] for c in missing]} are missing or empty); categories with "
+                         f"shapes there: {present}")
+    synsets = {ShapeNet.category_ids[c] for c in categories}
+    for split, names in split_names.items():
+        if not any(n.split(osp.sep)[0] in synsets for n in names):
+            raise ValueError(f"split file {str(folder / 'train_test_split' / _SPLIT_FILE.format(split))!r} lists no "
+                             f"shapes of the categories {list(categories)}; every split needs some")
 
 
 def _default_cache_dir() -> Path:
@@ -451,9 +533,11 @@ def load_shapenetpart(
         root: the extracted ``shapenetcore_partanno_segmentation_benchmark_v0_normal`` folder, the
             folder holding it, or a PyG root with that folder as ``raw``.
         split: ``train``, ``val``, ``trainval`` or ``test``.
-        categories: category names (e.g. ``["Airplane", "Chair"]``); None: every category whose
-            synset folder exists.
-        cache_dir: where processed files go (default ``$BIXT_CACHE`` or ``~/.cache/bixt``).
+        categories: category names (e.g. ``["Airplane", "Chair"]``), each with shapes on disk; None:
+            every category whose synset folder exists.
+        cache_dir: where processed files go (default ``$BIXT_CACHE`` or ``~/.cache/bixt``); they
+            are made again when any input file changed (size or modification time).
+        force_reload: process again even if nothing changed.
 
     Returns:
         ``(dataset, names, info)``: PyG dataset (items have ``pos``, ``x`` normals, ``y`` global
@@ -464,6 +548,7 @@ def load_shapenetpart(
         raise ValueError(f"split must be one of train, val, trainval, test; got {split!r}")
     folder = _find_shapenet_folder(root)
     split_names = {s: _split_names(folder, s) for s in ("train", "val", "test")}  # checks all three exist
+    chosen = categories is not None
     if categories is None:
         categories = [c for c, sid in ShapeNet.category_ids.items() if (folder / sid).is_dir()]
         if not categories:
@@ -472,12 +557,23 @@ def load_shapenetpart(
     unknown = [c for c in categories if c not in ShapeNet.category_ids]
     if unknown:
         raise ValueError(f"unknown ShapeNetPart categories {unknown}; choose from {list(ShapeNet.category_ids)}")
+    _check_categories(folder, categories, split_names, chosen)
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:12]
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     cache_root = cache_root / f"shapenetpart-{digest}"
     _link_raw(folder, cache_root)
+    # PyG reprocesses only when processed files are missing: an edited shape file would be ignored
+    fingerprint, marker = _input_fingerprint(folder, split_names, categories), _fingerprint_file(cache_root, categories)
+    stale = not marker.is_file() or marker.read_text().strip() != fingerprint
+    if stale and not force_reload and marker.parent.is_dir():
+        log.info("ShapeNetPart files changed since %s was processed (or it predates this check): processing again",
+                 cache_root)
     dataset = _CheckedShapeNet(str(cache_root), folder, categories=categories, include_normals=True,
-                               split=split, force_reload=force_reload)
+                               split=split, force_reload=force_reload or stale)
+    if stale or force_reload:
+        tmp = marker.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(fingerprint + "\n")
+        os.replace(tmp, marker)  # atomic: a concurrent reader sees the old marker or the new one
     wanted = {ShapeNet.category_ids[c] for c in categories}
     listed = split_names["train"] + split_names["val"] if split == "trainval" else split_names[split]
     names = [str(folder / n) for n in listed if n.split(osp.sep)[0] in wanted]
@@ -495,6 +591,21 @@ def load_shapenetpart(
 # --------------------------------------------------------------------------------------------
 # Sampling, augmentation and batching
 # --------------------------------------------------------------------------------------------
+class NormalizeScale(T.BaseTransform):
+    """PyG's ``NormalizeScale`` (centre, then scale the largest absolute coordinate to just under 1),
+    except that a cloud whose points all coincide is moved to the origin and left unscaled: PyG's
+    divides by its zero extent and returns NaN coordinates, which become NaN predictions."""
+
+    def forward(self, data: Data) -> Data:
+        if bool((data.pos == data.pos[:1]).all()):
+            # exactly: subtracting the mean would leave rounding residue, which scaling then blows up
+            data.pos = torch.zeros_like(data.pos)
+            return data
+        data.pos = data.pos - data.pos.mean(dim=-2, keepdim=True)
+        data.pos = data.pos * ((1.0 / data.pos.abs().max()) * 0.999999)
+        return data
+
+
 def build_point_transform(
     num_points: Optional[int],
     train: bool,
@@ -507,7 +618,7 @@ def build_point_transform(
 
     Rotation turns ``pos`` only (PyG leaves normals alone), so keep it 0 when normals are used.
     """
-    transforms: list[Callable] = [T.NormalizeScale()]
+    transforms: list[Callable] = [NormalizeScale()]
     if num_points:
         # Without replacement; smaller clouds are topped up with as few duplicates as possible.
         transforms.append(T.FixedPoints(num_points, replace=False, allow_duplicates=True))
@@ -569,6 +680,9 @@ class PointCloudDataset(Dataset):
             )
         if not bool(torch.isfinite(data.pos).all()):
             raise ValueError(f"{self.name(index)} has NaN/inf coordinates")
+        if n and bool((data.pos.amax(dim=0) == data.pos.amin(dim=0)).all()):
+            raise ValueError(f"{self.name(index)} has {n} point(s), all at {data.pos[0].tolist()}: no shape to "
+                             "segment (it cannot be scaled to the unit sphere); remove it")
         if self.num_classes is not None and data.y is not None and data.y.numel():
             lo, hi = int(data.y.min()), int(data.y.max())
             if lo < 0 or hi >= self.num_classes:

@@ -49,11 +49,16 @@ CPU) with a resumable ``DistributedSampler``, single process otherwise; bf16 aut
 global batch (``optim.lr_base_batch``, ``optim.lr_scale``) and any timm schedule, advanced every
 optimizer step; atomic checkpoints ``<run_dir>/last.pth`` (each epoch and every
 ``trainer.ckpt_every_steps`` steps) and ``best.pth``; exact resume (``trainer.resume``: true |
-auto | PATH) on CPU; per-epoch metrics in ``<run_dir>/metrics.jsonl`` and ``metrics.csv`` and on
-the console; a tqdm bar (loss, lr, samples/s) on rank 0 when stderr is a terminal (log lines every
-``trainer.log_every`` steps otherwise); ``trainer.threads`` CPU threads (1 is often fastest for tiny
-models and robust on a busy machine); ``trainer.eval_only``; a training set smaller than one batch
-trains with one smaller batch. Process-wide torch settings it changes (threads, deterministic
+auto | PATH) on CPU, and a resume with another ``trainer.epochs``, batch size, number of processes or
+``optim.*`` value continues as the run now asked for (the lr schedule is rebuilt and placed at the
+checkpoint's position; another optimizer is refused: :mod:`bixt.engine.resume`); per-epoch metrics in
+``<run_dir>/metrics.jsonl`` and ``metrics.csv`` and on the console; a tqdm bar (loss, lr, samples/s)
+on rank 0 when stderr is a terminal (log lines every ``trainer.log_every`` steps otherwise);
+``trainer.threads`` CPU threads (1 is often fastest for tiny models and robust on a busy machine);
+``trainer.eval_only`` (evaluates ``trainer.checkpoint``, or with ``trainer.resume`` the run's
+checkpoint; it never writes into a training run: with ``trainer.run_dir`` holding one, results go to
+``<run_dir>/eval/<time>/``); a training set smaller than one batch trains with one smaller batch.
+Impossible settings (``trainer.epochs=0``, negative batch sizes...) fail at start naming the key. Process-wide torch settings it changes (threads, deterministic
 algorithms) are restored when ``run`` returns.
 
 Reproducibility on CPU: same seed, same result, whatever ``num_workers``; and a run killed at any

@@ -5,7 +5,8 @@ classification task may reuse (ImageNet uses it; so can LRA retrieval, a 2-class
 
 * :class:`TopKEvaluator`: top-1 / top-k accuracy (in %) and cross-entropy over an evaluation pass.
 * :class:`ClassificationAdapter`: ``forward`` = ``model(inputs)``, the loss from :func:`build_loss`
-  (timm's CE / soft-target CE / BCE), and optional timm Mixup/CutMix as ``train_batch_transform``.
+  (timm's CE / soft-target CE / BCE), optional timm Mixup/CutMix as ``train_batch_transform``, and
+  the class names (``classes``) stored in every checkpoint as ``ckpt["classes"]``.
 """
 from __future__ import annotations
 
@@ -68,9 +69,12 @@ class ClassificationAdapter:
 
     def __init__(self, num_classes: int, loss: str = "ce", smoothing: float = 0.0,
                  mixup: Optional[dict[str, Any]] = None, bce_target_thresh: Optional[float] = None,
-                 sample_name: str = "samples"):
+                 sample_name: str = "samples", classes: Optional[Sequence[str]] = None):
         self.num_classes = num_classes
         self.sample_name = sample_name
+        # the class names by label travel in every checkpoint, so that evaluating it later can
+        # label the data the way the model was trained (folders missing a class shift nothing)
+        self.checkpoint_extra = {"classes": [str(c) for c in classes]} if classes else {}
         # unset alphas mean off here (timm's Mixup would default mixup_alpha to 1.0)
         mixup = {"mixup_alpha": 0.0, "label_smoothing": smoothing, **(mixup or {})}
         active = mixup["mixup_alpha"] > 0 or mixup.get("cutmix_alpha", 0) > 0 or mixup.get("cutmix_minmax")

@@ -10,10 +10,12 @@ Both are registered in Hydra's ConfigStore on import of :mod:`bixt.engine`:
 
 The engine merges whatever the task composed onto these schemas (:func:`trainer_config`,
 :func:`optim_config`), so a misspelt key fails early with the list of valid keys instead of
-being silently ignored.
+being silently ignored, and an impossible value (``trainer.epochs=0``, a negative batch size...)
+fails with the key's name (:func:`check_trainer`, :func:`check_optim`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -49,10 +51,15 @@ class TrainerConfig:
     find_unused_parameters: bool = False  #: DDP option, for models with unused branches
     deterministic: bool = False  #: deterministic algorithms (exact reproducibility, slower on GPU)
     run_dir: Optional[str] = None  #: None = Hydra's output dir (or ./runs/<time> outside Hydra)
-    resume: Any = False  #: false | true (run_dir/last.pth) | auto (if it exists) | PATH (file or run dir)
+    #: false | true (run_dir/last.pth) | auto (if it exists) | PATH (file or run dir); changed epochs, batch
+    #: size or optim values apply (schedule rebuilt, logged), another optim.name is refused (bixt.engine.resume)
+    resume: Any = False
     checkpoint: Optional[str] = None  #: initial weights (official or ours); ignored when resuming
-    checkpoint_strict: bool = True  #: error on missing/unexpected keys when loading `checkpoint`
-    eval_only: bool = False  #: evaluate `checkpoint` (or the model as given) and exit
+    #: false: load what matches (reported; a checkpoint matching no tensor is still an error)
+    checkpoint_strict: bool = True
+    #: evaluate `checkpoint`, or with `resume` that run's checkpoint (or the model as given), and exit;
+    #: never writes into a training run (run_dir holding one: results in run_dir/eval/<time>)
+    eval_only: bool = False
     ckpt_every_steps: int = 0  #: also write `last` every N optimizer steps (0 = at epoch end only)
     save_best: bool = True  #: keep `best.pth` by the adapter's main metric
     eval_every: int = 1  #: evaluate every N epochs (and always after the last one)
@@ -110,11 +117,63 @@ def _typed(schema: type, node: Any, key: str):
     return OmegaConf.to_object(merged)
 
 
+def _require(problems: list[str], key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        problems.append(f"{key}={value!r} (expected {expected})")
+
+
+def _raise_if(problems: list[str], node: str) -> None:
+    if problems:
+        raise ValueError(f"impossible `{node}` setting(s): " + "; ".join(problems))
+
+
+def check_trainer(t: TrainerConfig) -> None:
+    """Values the types allow but training cannot use fail here, naming the key, instead of as a
+    bare assertion or a DataLoader error deep inside torch (or, worse, being silently replaced)."""
+    p: list[str] = []
+    _require(p, "trainer.epochs", t.epochs, t.epochs >= 1 or t.eval_only, ">= 1")
+    _require(p, "trainer.batch_size", t.batch_size, t.batch_size >= 1, ">= 1")
+    _require(p, "trainer.eval_batch_size", t.eval_batch_size, t.eval_batch_size is None or t.eval_batch_size >= 1,
+             ">= 1, or null for 2 * trainer.batch_size")
+    _require(p, "trainer.num_workers", t.num_workers, t.num_workers >= 0, ">= 0 (0 = load in the main process)")
+    _require(p, "trainer.threads", t.threads, t.threads is None or t.threads >= 1, ">= 1, or null for torch's default")
+    _require(p, "trainer.accumulate", t.accumulate, t.accumulate >= 1, ">= 1")
+    _require(p, "trainer.clip_grad", t.clip_grad, t.clip_grad is None or t.clip_grad > 0,
+             "> 0, or null for no clipping")
+    _require(p, "trainer.clip_mode", t.clip_mode, t.clip_mode in ("norm", "value", "agc"), "norm, value or agc")
+    _require(p, "trainer.ema_decay", t.ema_decay, 0.0 <= t.ema_decay <= 1.0, "in [0, 1]")
+    _require(p, "trainer.ckpt_every_steps", t.ckpt_every_steps, t.ckpt_every_steps >= 0, ">= 0 (0 = at epoch end only)")
+    _require(p, "trainer.eval_every", t.eval_every, t.eval_every >= 1, ">= 1")
+    _require(p, "trainer.log_every", t.log_every, t.log_every >= 0, ">= 0 (0 = off)")
+    _require(p, "trainer.test_with", t.test_with, t.test_with in ("best", "last"), "best or last")
+    _require(p, "trainer.max_steps", t.max_steps, t.max_steps is None or t.max_steps >= 1, ">= 1, or null")
+    _require(p, "trainer.abort_at_step", t.abort_at_step, t.abort_at_step is None or t.abort_at_step >= 1,
+             ">= 1, or null")
+    _raise_if(p, "trainer")
+
+
+def check_optim(o: OptimConfig) -> None:
+    p: list[str] = []
+    _require(p, "optim.lr", o.lr, math.isfinite(o.lr) and o.lr >= 0, "a finite value >= 0")
+    _require(p, "optim.lr_base_batch", o.lr_base_batch, o.lr_base_batch is None or o.lr_base_batch >= 1,
+             ">= 1, or null to use optim.lr as given")
+    _require(p, "optim.lr_scale", o.lr_scale, o.lr_scale in ("sqrt", "linear"), "sqrt or linear")
+    _require(p, "optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0")
+    for key in ("warmup_epochs", "warmup_lr", "min_lr", "cooldown_epochs"):
+        value = getattr(o, key)
+        _require(p, f"optim.{key}", value, value >= 0, ">= 0")
+    _raise_if(p, "optim")
+
+
 def trainer_config(cfg: DictConfig) -> TrainerConfig:
     """``cfg.trainer`` resolved and validated as a :class:`TrainerConfig`."""
-    return _typed(TrainerConfig, cfg.get("trainer"), "trainer")
+    tcfg = _typed(TrainerConfig, cfg.get("trainer"), "trainer")
+    check_trainer(tcfg)
+    return tcfg
 
 
 def optim_config(cfg: DictConfig) -> OptimConfig:
     """``cfg.optim`` resolved and validated as an :class:`OptimConfig`."""
-    return _typed(OptimConfig, cfg.get("optim"), "optim")
+    ocfg = _typed(OptimConfig, cfg.get("optim"), "optim")
+    check_optim(ocfg)
+    return ocfg

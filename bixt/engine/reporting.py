@@ -34,10 +34,24 @@ class MetricsWriter:
         return self.dir / METRICS_JSONL
 
     def records(self) -> list[dict[str, Any]]:
+        """The records so far. A torn *last* line (the process was killed while appending it) is
+        dropped with a warning; a bad line anywhere else is an error naming the file and line."""
         if not self.jsonl.is_file():
             return []
-        with open(self.jsonl) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        lines = self.jsonl.read_text(errors="replace").splitlines()
+        numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+        out = []
+        for k, (lineno, line) in enumerate(numbered):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if k == len(numbered) - 1:
+                    log.warning("%s: dropping its last line %d, a torn record (%s): %.80r",
+                                self.jsonl, lineno, err, line)
+                    break
+                raise ValueError(f"{self.jsonl}, line {lineno}: not a JSON record ({err}): {line[:80]!r}. "
+                                 "Delete or repair that line (each line is one epoch's metrics)") from None
+        return out
 
     def truncate_after(self, epoch: int) -> None:
         """Drop records of epochs later than ``epoch`` (they belong to a run being redone)."""
@@ -54,9 +68,21 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
         self._write_csv(self.records())
+
+    def _drop_torn_tail(self) -> None:
+        """Cut an unterminated last line (a kill mid-append) so the next record starts a line of its own."""
+        if not self.jsonl.is_file():
+            return
+        data = self.jsonl.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropping a torn last line %.80r", self.jsonl, data[keep:])
+            with open(self.jsonl, "wb") as f:
+                f.write(data[:keep])
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
         columns: list[str] = []

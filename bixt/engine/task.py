@@ -15,6 +15,9 @@ Optional adapter hooks (looked up with ``getattr``; adapters without them keep w
     ``"max"`` (default) or ``"min"``: whether a larger ``main_metric`` is better.
 ``sample_name: str``
     What a sample is called in throughput logs (``"img"`` gives ``img/s``); default ``"samples"``.
+``checkpoint_extra: dict``
+    Extra items written into every checkpoint, e.g. ``{"classes": [...]}`` (plain containers, so
+    ``torch.load(weights_only=True)`` reads them; keys the engine writes itself are refused).
 """
 from __future__ import annotations
 

@@ -22,13 +22,18 @@ from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer
 from bixt.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup,
                                      gather_objects, init_distributed)
 from bixt.engine.optim import build_optimizer, build_scheduler, scaled_lr
-from bixt.engine.reporting import MetricsWriter, format_metrics, progress_bar, show_progress
+from bixt.engine.reporting import METRICS_JSONL, MetricsWriter, format_metrics, progress_bar, show_progress
+from bixt.engine.resume import Layout, effective_batch, load_optimizer_state, plan_resume
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded, seed_everything)
 from bixt.engine.task import TaskAdapter
 from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
+
+#: what the engine itself writes into a checkpoint (an adapter's checkpoint_extra may not reuse these)
+_CHECKPOINT_KEYS = {"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch",
+                    "global_step", "epoch_sums", "best", "rng", "world_size", "config", "arch", "layout"}
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                "float16": torch.float16, "fp32": None, "float32": None, "none": None}
@@ -78,16 +83,24 @@ class _Engine:
         self._setup_logging()
         self._setup_backends()
         self.amp_dtype = self._amp_dtype()
-        self.resume_path = ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir) if not tcfg.eval_only else None
-        self.run_dir = Path(broadcast_object(str(self._run_dir()), env))
+        # eval_only reads a checkpoint (trainer.resume names a run's, else trainer.checkpoint) and
+        # writes nothing into a training run; training resumes trainer.resume or starts fresh
+        self.eval_weights = ckpt_io.eval_weights_path(tcfg) if tcfg.eval_only else None
+        self.resume_path = None if tcfg.eval_only else ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir)
+        run_dir = self._eval_dir() if tcfg.eval_only else self._run_dir()
+        self.run_dir = Path(broadcast_object(str(run_dir), env))
         self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
         self.config_dict = self._resolved_config()
         self.sample_name = getattr(adapter, "sample_name", "samples")
         self.show_bar = show_progress(tcfg.progress, env.is_main)
+        self.checkpoint_extra = self._checkpoint_extra()
+        if env.is_main and not tcfg.eval_only:
+            ckpt_io.remove_stale_temp_files(self.run_dir)
 
         self.raw_model = model.to(self.device)
-        if tcfg.checkpoint and self.resume_path is None:
-            ckpt_io.load_weights(self.raw_model, tcfg.checkpoint, strict=tcfg.checkpoint_strict)
+        initial = self.eval_weights if tcfg.eval_only else (tcfg.checkpoint if self.resume_path is None else None)
+        if initial:
+            ckpt_io.load_weights(self.raw_model, initial, strict=tcfg.checkpoint_strict)
         if tcfg.sync_bn and env.distributed:
             self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
         self.ema = ModelEmaV3(self.raw_model, decay=tcfg.ema_decay, use_warmup=tcfg.ema_warmup) if tcfg.ema else None
@@ -103,9 +116,6 @@ class _Engine:
             train_model = torch.compile(train_model, mode=tcfg.compile_mode)
             self.eval_model = torch.compile(self.raw_model, mode=tcfg.compile_mode)
         self.train_model = train_model
-        if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(self.config_dict), self.run_dir / "config.yaml")
         log.info("run dir %s | device %s | world size %d | amp %s", self.run_dir, self.device, env.world_size,
                  self.amp_dtype or "off")
 
@@ -154,6 +164,29 @@ class _Engine:
         except (ImportError, ValueError):
             return Path("runs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
+    def _eval_dir(self) -> Path:
+        """Where an evaluation writes its config and metrics: trainer.run_dir (or Hydra's output dir)
+        unless that already holds a run, whose files are then left alone: ``<dir>/eval/<time>``."""
+        base = Path(self.tcfg.run_dir) if self.tcfg.run_dir else self._run_dir()
+        taken = [n for n in ("config.yaml", METRICS_JSONL, ckpt_io.LAST, ckpt_io.BEST) if (base / n).exists()]
+        if not taken:
+            return base
+        out = base / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        log.info("%s holds a run (%s): this evaluation writes to %s instead", base, ", ".join(taken), out)
+        return out
+
+    def _write_config(self) -> None:
+        if self.env.is_main:
+            text = OmegaConf.to_yaml(OmegaConf.create(self.config_dict))
+            ckpt_io.atomic_write_text(text, self.run_dir / "config.yaml")
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        extra = dict(getattr(self.adapter, "checkpoint_extra", None) or {})
+        clash = sorted(set(extra) & _CHECKPOINT_KEYS)
+        if clash:
+            raise ValueError(f"adapter.checkpoint_extra uses keys the engine writes itself: {clash}")
+        return extra
+
     def _resolved_config(self) -> dict:
         try:
             return OmegaConf.to_container(self.cfg, resolve=True)
@@ -182,7 +215,7 @@ class _Engine:
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         if isinstance(dataset, IterableDataset):
             raise TypeError("evaluation sets must be map-style datasets (with __len__ and __getitem__)")
-        bs = self.tcfg.eval_batch_size or 2 * self.tcfg.batch_size
+        bs = self.tcfg.eval_batch_size if self.tcfg.eval_batch_size is not None else 2 * self.tcfg.batch_size
         return self._loader(dataset, bs, ShardedSampler(len(dataset), self.env.world_size, self.env.rank),
                             drop_last=False, seed=self.tcfg.seed)
 
@@ -227,6 +260,8 @@ class _Engine:
                 "world_size": self.env.world_size,
                 "config": self.config_dict,
                 "arch": getattr(self.raw_model, "pretrained_cfg", {}).get("architecture"),
+                "layout": self.layout.as_dict(),
+                **self.checkpoint_extra,
             }
             if self.ema is not None:
                 state["state_dict_ema"] = self.ema.module.state_dict()
@@ -236,12 +271,11 @@ class _Engine:
                 ckpt_io.atomic_save(state, self.run_dir / ckpt_io.BEST)
         barrier(self.env)
 
-    def _restore(self, path: Path) -> dict[str, Any]:
-        ckpt = ckpt_io.load_training_checkpoint(path)
+    def _restore(self, path: Path, ckpt: dict[str, Any], changes: list[str]) -> None:
+        """Load the states of ``ckpt``; the lr schedule is this run's (built from its config and
+        placed by the position: see :mod:`bixt.engine.resume`), so it is not loaded."""
         self.raw_model.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"], path, changes)
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
@@ -261,16 +295,20 @@ class _Engine:
             seed_everything(self.tcfg.seed + self.env.rank + self.global_step)
         log.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", path, ckpt["epoch"],
                  ckpt["step_in_epoch"], self.global_step)
-        return ckpt
 
     # ------------------------------------------------------------------ main entry
     def fit(self, train_set: Optional[Dataset], val_set: Dataset, test_sets: dict[str, Dataset]) -> dict[str, float]:
         tcfg, env = self.tcfg, self.env
         val_loader = self._eval_loader(val_set)
         if tcfg.eval_only:
-            if not tcfg.checkpoint:
-                log.warning("trainer.eval_only without trainer.checkpoint: evaluating the model as built")
-            record: dict[str, Any] = {"mode": "eval", **self.evaluate_all(val_loader, "val")}
+            if self.eval_weights is None:
+                log.warning("trainer.eval_only without trainer.checkpoint (or trainer.resume): evaluating the "
+                            "model as built")
+            self._write_config()
+            record: dict[str, Any] = {"mode": "eval"}
+            if self.eval_weights is not None:
+                record["checkpoint"] = str(self.eval_weights)
+            record.update(self.evaluate_all(val_loader, "val"))
             for name, ds in test_sets.items():
                 record.update(self.evaluate_all(self._eval_loader(ds), f"test_{name}"))
             self.metrics.write(record)
@@ -281,37 +319,34 @@ class _Engine:
             raise ValueError("run() needs a train_set unless trainer.eval_only=true")
         if isinstance(train_set, IterableDataset):
             raise TypeError("train_set must be a map-style dataset (with __len__ and __getitem__)")
-        if tcfg.accumulate < 1:
-            raise ValueError(f"trainer.accumulate must be >= 1, got {tcfg.accumulate}")
-        if tcfg.test_with not in ("best", "last"):
-            raise ValueError(f"trainer.test_with must be 'best' or 'last', got {tcfg.test_with!r}")
         sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=tcfg.seed)
         if len(train_set) == 0:
             raise ValueError("the training set is empty")
-        batch_size = tcfg.batch_size
-        if sampler.num_samples < batch_size:  # a tiny data set: one (smaller) batch per epoch beats none
+        batch_size = effective_batch(len(train_set), env.world_size, tcfg.batch_size)
+        if batch_size < tcfg.batch_size:  # a tiny data set: one (smaller) batch per epoch beats none
             log.warning("the training set has %d samples per process, fewer than trainer.batch_size=%d: "
-                        "training with batches of %d", sampler.num_samples, batch_size, sampler.num_samples)
-            batch_size = sampler.num_samples
+                        "training with batches of %d", sampler.num_samples, tcfg.batch_size, batch_size)
         train_loader = self._loader(SeededDataset(train_set, tcfg.seed), batch_size, sampler,
                                     drop_last=True, seed=tcfg.seed + env.rank)
-        batches_per_epoch = sampler.num_samples // batch_size
-        updates_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate)
         global_batch = batch_size * env.world_size * tcfg.accumulate
         lr = scaled_lr(self.ocfg, global_batch)
+        self.layout = Layout(train_size=len(train_set), world_size=env.world_size, batch_size=batch_size,
+                             accumulate=tcfg.accumulate, epochs=tcfg.epochs, lr=lr, optimizer=self.ocfg.name)
+        batches_per_epoch, updates_per_epoch = self.layout.batches_per_epoch, self.layout.updates_per_epoch
         self.optimizer = build_optimizer(self.raw_model, self.ocfg, lr)
         self.scheduler = build_scheduler(self.optimizer, self.ocfg, tcfg.epochs, updates_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.global_step, self.best = 0, None
         start_epoch, start_step, epoch_stats = 0, 0, None
         if self.resume_path is not None:
-            ckpt = self._restore(self.resume_path)
-            start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-            sums = ckpt.get("epoch_sums") or []
-            epoch_stats = sums[env.rank] if len(sums) == env.world_size else None
+            ckpt = ckpt_io.load_training_checkpoint(self.resume_path)
+            plan = plan_resume(ckpt, self.resume_path, self.layout, self.ocfg, env.rank)
+            self._restore(self.resume_path, ckpt, plan.changes)
+            start_epoch, start_step, epoch_stats = plan.epoch, plan.step_in_epoch, plan.epoch_sums
             self.metrics.truncate_after(start_epoch)
         else:
             seed_everything(tcfg.seed + env.rank)
+        self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         log.info("%s parameters | %d train / %d val %s | global batch %d | lr %.3g | %d updates per epoch",
                  f"{n_params:,}", len(train_set), len(val_set), self.sample_name, global_batch, lr, updates_per_epoch)
@@ -391,9 +426,11 @@ class _Engine:
         the optimizer steps done in it and its running sums (for a mid-epoch checkpoint)."""
         tcfg, acc = self.tcfg, self.tcfg.accumulate
         self.train_model.train()
+        # the schedule's position is where the run is in epochs, in this run's layout (equal to
+        # global_step unless a resume changed the batch size)
         if self.scheduler is not None:
             self.scheduler.step(epoch)
-            self.scheduler.step_update(num_updates=self.global_step)
+            self.scheduler.step_update(num_updates=epoch * updates_per_epoch + skip_steps)
         # Running sums stay on the device; reading them back (a host sync) happens only every
         # `sync_every` updates on accelerators, every update on CPU where it is free. The sums are
         # carried through mid-epoch checkpoints so a resumed epoch reports what the straight one does.
@@ -446,7 +483,7 @@ class _Engine:
             if self.ema is not None:
                 self.ema.update(self.raw_model, step=self.global_step)
             if self.scheduler is not None:
-                self.scheduler.step_update(num_updates=self.global_step)
+                self.scheduler.step_update(num_updates=epoch * updates_per_epoch + step_in_epoch)
 
             save_now = bool(tcfg.ckpt_every_steps) and self.global_step % tcfg.ckpt_every_steps == 0 \
                 and step_in_epoch < updates_per_epoch

@@ -86,6 +86,7 @@ class PartSegEvaluator:
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
         target, category = batch["labels"], batch["category"]
         point_mask = batch.get("point_mask")
+        self._check_finite(outputs, category, point_mask)
         pred = restricted_argmax(outputs.float(), category, self.part_mask)
         ious = shape_ious(pred, target, category, self.part_mask, point_mask).cpu()
         category = category.cpu()
@@ -94,6 +95,22 @@ class PartSegEvaluator:
         valid = torch.ones_like(target, dtype=torch.bool) if point_mask is None else point_mask
         self.correct += ((pred == target) & valid).sum().cpu().double()
         self.points += valid.sum().cpu().double()
+
+    def _check_finite(self, outputs: torch.Tensor, category: torch.Tensor,
+                      point_mask: Optional[torch.Tensor]) -> None:
+        """Refuse NaN/inf logits at real points: argmax would turn them into some part and the
+        mIoU would look like a valid number."""
+        finite = torch.isfinite(outputs).all(dim=-1)  # (B, N)
+        if point_mask is not None:
+            finite = finite | ~point_mask  # padded points are not scored
+        bad = ~finite.all(dim=1)
+        if bool(bad.any()):
+            names = sorted({self.category_names[int(c)] for c in category[bad].cpu()})
+            raise ValueError(
+                f"NaN/inf part logits for {int(bad.sum())} of {len(bad)} shapes in this batch (categories {names}, "
+                f"batch rows {bad.nonzero().flatten()[:10].tolist()}); they cannot be scored. Look for a diverged "
+                "model (NaN loss) or degenerate input clouds (all points at one position, NaN coordinates)"
+            )
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"iou_sum": self.iou_sum, "shape_count": self.shape_count, "correct": self.correct,

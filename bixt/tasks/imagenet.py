@@ -7,12 +7,14 @@ With no arguments it trains a tiny BiXT on the embedded shapes data (no files, n
     python -m bixt.tasks.imagenet data=folder data.root=DIR              # DIR/train/<class>/*, DIR/val/<class>/*
     python -m bixt.tasks.imagenet experiment=bixt_ti_l64_p16_in1k data.root=/data/imagenet
     python -m bixt.tasks.imagenet eval_only=true model=bixt_ti_l64_p16 data=folder data.root=... model.checkpoint=PATH
+    python -m bixt.tasks.imagenet eval_only=true resume=true trainer.run_dir=RUN   # evaluate RUN/last.pth
     torchrun --nproc_per_node=8 -m bixt.tasks.imagenet experiment=...    # DDP
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Sequence
 
 import hydra
 import timm
@@ -22,7 +24,8 @@ from torch import nn
 
 import bixt  # noqa: F401  (registers the BiXT models with timm)
 from bixt.data.images import BadImageError, build_image_datasets
-from bixt.engine import run, seed_everything
+from bixt.engine import run, seed_everything, trainer_config
+from bixt.engine.checkpointing import checkpoint_classes, eval_weights_path, load_training_checkpoint, resolve_resume
 from bixt.engine.classification import ClassificationAdapter
 
 log = logging.getLogger("bixt.tasks.imagenet")
@@ -46,11 +49,12 @@ def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
         raise
 
 
-def build_adapter(cfg: DictConfig, num_classes: int) -> ClassificationAdapter:
+def build_adapter(cfg: DictConfig, num_classes: int, classes: Optional[Sequence[str]] = None) -> ClassificationAdapter:
     mixup_cfg = cfg.data.get("mixup")
     mixup = OmegaConf.to_container(mixup_cfg, resolve=True) if mixup_cfg is not None else {}
     return ClassificationAdapter(num_classes, loss=cfg.loss.name, smoothing=cfg.loss.smoothing, mixup=mixup,
-                                 bce_target_thresh=cfg.loss.get("bce_target_thresh"), sample_name="img")
+                                 bce_target_thresh=cfg.loss.get("bce_target_thresh"), sample_name="img",
+                                 classes=classes)
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -63,13 +67,40 @@ def check_required(cfg: DictConfig) -> None:
                          "e.g. finetune_from=PATH") from None
 
 
+def checkpoint_class_names(cfg: DictConfig) -> Optional[list[str]]:
+    """The class list of the checkpoint this run continues (``resume``) or evaluates (``eval_only``),
+    so the data's labels follow the model's classes, not whichever class folders are present.
+
+    ``None`` for a fresh run (``finetune_from`` / ``model.checkpoint`` may come from other classes) and
+    for checkpoints without a list (official weights, older runs): then, evaluating folder data that
+    has no ``train/`` folder, labels follow the folders of ``val/``, which is warned about with the fix.
+    """
+    tcfg = trainer_config(cfg)
+    path = eval_weights_path(tcfg) if tcfg.eval_only else resolve_resume(tcfg.resume, tcfg.run_dir)
+    if path is None:
+        return None
+    classes = checkpoint_classes(path) if tcfg.eval_only else load_training_checkpoint(path).get("classes")
+    if classes is None and tcfg.eval_only and cfg.data.source == "folder" and cfg.data.get("root"):
+        train_dir = Path(str(cfg.data.root)) / cfg.data.train_split
+        if not train_dir.is_dir():
+            log.warning("%s stores no class list (official weights?) and %s does not exist: labels follow the "
+                        "class folders of %s, so a missing class folder shifts every later label and the "
+                        "accuracy is wrong without an error. To fix the order, create %s/<class>/ for every "
+                        "class the model was trained on (empty folders suffice)", path, train_dir,
+                        Path(str(cfg.data.root)) / cfg.data.val_split, train_dir)
+    return classes
+
+
 def train_imagenet(cfg: DictConfig) -> dict[str, float]:
     """Compose data, model and adapter from ``cfg`` and hand them to the engine."""
     check_required(cfg)
     seed_everything(cfg.trainer.seed)
-    train_set, val_set, num_classes = build_image_datasets(cfg.data, cfg.data.img_size, eval_only=cfg.trainer.eval_only)
+    class_names = checkpoint_class_names(cfg)
+    train_set, val_set, num_classes = build_image_datasets(cfg.data, cfg.data.img_size, eval_only=cfg.trainer.eval_only,
+                                                           class_names=class_names)
     model = build_model(cfg.model, num_classes)
-    return run(cfg, model, build_adapter(cfg, num_classes), train_set, val_set)
+    classes = getattr(train_set if train_set is not None else val_set, "classes", None)
+    return run(cfg, model, build_adapter(cfg, num_classes, classes), train_set, val_set)
 
 
 @hydra.main(version_base=None, config_path="../configs/imagenet", config_name="config")

@@ -5,6 +5,8 @@
     python -m bixt.tasks.lra_retrieval data=aan data.root=DIR            # LRA release files
     python -m bixt.tasks.lra_retrieval experiment=aan data.root=DIR      # LRA-scale BiXT and recipe
     python -m bixt.tasks.lra_retrieval experiment=aan model=transformer data.root=DIR   # LRA baseline
+    python -m bixt.tasks.lra_retrieval resume=true trainer.run_dir=RUN        # continue a run
+    python -m bixt.tasks.lra_retrieval eval_only=true resume=true trainer.run_dir=RUN   # evaluate it
 
 ``DIR`` holds ``new_aan_pairs.{train,eval,test}.tsv``; it is only read, parsed and tokenised splits
 are cached by Hugging Face ``datasets`` under ``data.cache_dir``. One shared document encoder

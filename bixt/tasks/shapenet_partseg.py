@@ -3,6 +3,8 @@
     python -m bixt.tasks.shapenet_partseg                              # embedded procedural set
     python -m bixt.tasks.shapenet_partseg data=shapenetpart data.root=DIR
     python -m bixt.tasks.shapenet_partseg experiment=shapenetpart data.root=DIR   # full recipe
+    python -m bixt.tasks.shapenet_partseg resume=true trainer.run_dir=RUN        # continue a run
+    python -m bixt.tasks.shapenet_partseg eval_only=true resume=true trainer.run_dir=RUN   # evaluate it
 
 ``DIR`` is the extracted ``shapenetcore_partanno_segmentation_benchmark_v0_normal`` folder (or the
 folder holding it); it is only read, processed files go to ``data.cache_dir``. The model is a

@@ -9,8 +9,6 @@ from einops import rearrange
 from timm.layers import register_notrace_function, register_notrace_module
 from torch import nn
 
-from bixt.core.layers import tensor_versions
-
 # stride name -> (stride, padding) for a 16x16 kernel (p16, p16s8, p16s4)
 PATCH_STRIDES = (4, 8, 16)  # the published 16x16 variants (padding (16 - stride) / 2 keeps the grid at H / stride)
 
@@ -41,12 +39,14 @@ def fourier_features_2d(
     return rearrange(torch.cat([pos_y, pos_x], dim=-1), "h w c -> c h w").contiguous()
 
 
-@register_notrace_module  # a leaf for torch.fx: the cache and the grid check are Python logic
+@register_notrace_module  # a leaf for torch.fx: the grid check is Python logic on the grid size
 class FourierPosEncoding2d(nn.Module):
     """Fourier features projected to ``dim`` by a 1x1 conv (a linear map per position).
 
-    With a fixed ``grid_size`` the features are cached once; otherwise (``grid_size=None``) they
-    are computed for each input grid and cached per size, so any resolution works.
+    With a fixed ``grid_size`` the features are computed once; otherwise (``grid_size=None``) they
+    are recomputed whenever the input grid changes, so any resolution works. The projection runs on
+    every call: it is a (2 * num_freqs) x dim product per position, and keeping no cache of its
+    output means weight edits of any kind (optimizer steps, ``.data`` copies, EMA) always show.
     """
 
     def __init__(self, dim: int, grid_size: Optional[tuple[int, int]] = None, num_freqs: int = 32) -> None:
@@ -57,8 +57,6 @@ class FourierPosEncoding2d(nn.Module):
         # Derived from the grid alone, so it is never saved in checkpoints.
         features = fourier_features_2d(*grid_size, num_freqs) if grid_size is not None else torch.empty(0)
         self.register_buffer("features", features, persistent=False)
-        self._cache_key: Optional[tuple] = None
-        self._cache: Optional[torch.Tensor] = None
 
     def _features(self, height: int, width: int, device) -> torch.Tensor:
         if self.features.shape[-2:] != (height, width):
@@ -72,34 +70,10 @@ class FourierPosEncoding2d(nn.Module):
 
     def forward(self, height: int, width: int) -> torch.Tensor:
         """Positional encoding for a (height, width) token grid, shape (1, H*W, dim)."""
-        weight, bias = self.proj.weight, self.proj.bias
-        # Eval-mode inference reuses the projected encoding until the weights change: a new storage
-        # or version (load_state_dict, in-place ops), a train()/eval() switch, or any forward with
-        # autograd (it may precede updates that skip the version counter, e.g. fused optimizers).
-        cacheable = (not self.training and not (torch.is_grad_enabled() and weight.requires_grad)
-                     and not torch.compiler.is_compiling())
-        key = self._cache_key_for(height, width) if cacheable else None
-        if key is not None and self._cache_key == key:
-            return self._cache
-        if not cacheable and not torch.compiler.is_compiling():
-            self._cache_key = self._cache = None
-        features = self._features(height, width, weight.device).to(weight.dtype)
-        pos = torch.einsum("chw,dc->hwd", features, weight.flatten(1)) + bias
-        pos = rearrange(pos, "h w d -> 1 (h w) d")
-        if cacheable:
-            self._cache_key, self._cache = key, pos
-        return pos
-
-    def _cache_key_for(self, height: int, width: int) -> tuple:
         weight = self.proj.weight
-        dev = weight.device.type  # autocast changes the result's precision
-        autocast = (torch.get_autocast_dtype(dev)
-                    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev) else None)
-        return height, width, weight.dtype, weight.device, autocast, tensor_versions(weight, self.proj.bias)
-
-    def train(self, mode: bool = True) -> "FourierPosEncoding2d":
-        self._cache_key = self._cache = None
-        return super().train(mode)
+        features = self._features(height, width, weight.device).to(weight.dtype)
+        pos = torch.einsum("chw,dc->hwd", features, weight.flatten(1)) + self.proj.bias
+        return rearrange(pos, "h w d -> 1 (h w) d")
 
 
 def _check_image(x: torch.Tensor, in_chans: int) -> None:

@@ -1,0 +1,170 @@
+"""Opt-in eager CPU acceleration of a built model for inference: ``fast = bixt.accel.optimize(model)``.
+
+The core (:mod:`bixt.core`) is plain PyTorch. This module turns an eval-mode model into an
+inference-only copy whose linear layers multiply by weights laid out once for MKL's packed GEMM
+(the same values as ``F.linear`` bit for bit) and whose MLPs apply GELU in place on the first
+GEMM's output, in row chunks for long inputs. It uses private torch ops, so every kernel is probed
+once per process (:func:`cpu_kernel_available`); where one is missing or refuses this CPU, the
+copy runs the plain ops. bf16 autocast, autograd, CUDA and ``torch.compile`` always take the plain
+ops (for compiled CPU inference, ``torch.compile`` fuses on its own).
+
+The copy is a snapshot: its weights are buffers taken when :func:`optimize` ran. After the
+original model's weights change (an optimizer step, a checkpoint load, EMA), call it again.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
+
+__all__ = ["optimize", "cpu_kernel_available", "cpu_kernels_forced_off", "probe_cpu_kernel", "CPU_KERNELS"]
+
+CPU_KERNELS = ("fp32", "bf16")
+MLP_CHUNK_ROWS = 8192  # long inputs: bounds the 4x-wide hidden activation of an MLP
+_MAX_ROW_COUNTS = 4  # packed copies per layer (MKL packs for one row count): eval batch, last batch, chunks
+
+
+def probe_cpu_kernel(kind: str) -> bool:
+    """Run the kernel ``kind`` (``"fp32"``: MKL's packed GEMM, ``"bf16"``: oneDNN's bf16 GEMM) once
+    on a tiny input and check its result.
+
+    These ops are private to torch and exist or work only on some builds and instruction sets
+    (oneDNN's bf16 path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT and refuses AVX2-only CPUs), so
+    asking the op itself is the only reliable test.
+    """
+    try:
+        with torch.no_grad():
+            x, w = torch.ones(4, 8), torch.ones(8, 8)
+            if kind == "fp32":
+                packed = torch.ops.mkl._mkl_reorder_linear_weight(w, 4)
+                out = torch.ops.mkl._mkl_linear(x, packed, w, None, 4)
+            else:
+                x, w = x.to(torch.bfloat16), w.to(torch.bfloat16)
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, 4)
+                out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return bool(torch.all(out.float() == 8.0))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+# Probed once at import, so that traced and compiled code reads a constant instead of running the probe.
+_kernels_probed = {kind: probe_cpu_kernel(kind) for kind in CPU_KERNELS}
+_kernels_forced_off: set[str] = set()
+
+
+def cpu_kernel_available(kind: str) -> bool:
+    """Whether this CPU and torch build run the kernel ``kind`` (see :func:`probe_cpu_kernel`) and
+    it is not forced off by :func:`cpu_kernels_forced_off`."""
+    if kind not in CPU_KERNELS:
+        raise ValueError(f"kind must be one of {CPU_KERNELS}, got {kind!r}")
+    return kind not in _kernels_forced_off and _kernels_probed[kind]
+
+
+@contextlib.contextmanager
+def cpu_kernels_forced_off(*kinds: str) -> Iterator[None]:
+    """Within the block, :func:`cpu_kernel_available` answers False for ``kinds``: everything runs
+    as on a CPU without those kernels (``"bf16"``: as on an AVX2-only CPU)."""
+    for kind in kinds:
+        if kind not in CPU_KERNELS:
+            raise ValueError(f"kind must be one of {CPU_KERNELS}, got {kind!r}")
+    added = set(kinds) - _kernels_forced_off
+    _kernels_forced_off.update(added)
+    try:
+        yield
+    finally:
+        _kernels_forced_off.difference_update(added)
+
+
+def _packed_path(x: torch.Tensor) -> bool:
+    """The packed fp32 kernel applies: CPU fp32 input, no autograd, no autocast, not being compiled."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and cpu_kernel_available("fp32"))
+
+
+class PackedLinear(nn.Module):
+    """Inference-only ``nn.Linear`` snapshot that multiplies by MKL-packed weights where it can."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", linear.weight.detach().clone())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self._packed: dict[int, torch.Tensor] = {}  # row count -> packed weight
+
+    def _packed_weight(self, rows: int) -> torch.Tensor:
+        packed = self._packed.get(rows)
+        if packed is None:
+            if len(self._packed) >= _MAX_ROW_COUNTS:
+                self._packed.pop(next(iter(self._packed)))  # the oldest row count
+            packed = self._packed[rows] = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
+        return packed
+
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        if _packed_path(x) and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+            rows = x.numel() // x.shape[-1]
+            out = torch.ops.mkl._mkl_linear(x, self._packed_weight(rows), self.weight, self.bias, rows)
+            return torch.ops.aten.gelu_(out) if gelu else out  # in place on the fresh GEMM output
+        out = F.linear(x, self.weight, self.bias)
+        return F.gelu(out) if gelu else out
+
+    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the packed copies no longer match
+        self._packed = {}
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class PackedMlp(nn.Module):
+    """timm ``Mlp`` (fc1 -> exact GELU -> fc2, no dropout or norm) on :class:`PackedLinear` layers."""
+
+    def __init__(self, mlp: Mlp) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = PackedLinear(mlp.fc1), PackedLinear(mlp.fc2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows <= MLP_CHUNK_ROWS or not _packed_path(x):
+            return self.fc2(self.fc1(x, gelu=True))
+        # Equal row chunks (so they share one packed weight) keep the hidden activation small.
+        size = -(-rows // -(-rows // MLP_CHUNK_ROWS))
+        flat = x.reshape(rows, -1)
+        out = torch.cat([self.fc2(self.fc1(flat[i:i + size], gelu=True)) for i in range(0, rows, size)])
+        return out.view(*x.shape[:-1], -1)
+
+
+def _plain_gelu_mlp(module: nn.Module) -> bool:
+    """A timm Mlp whose forward is exactly fc2(gelu(fc1(x))) in eval mode."""
+    return (isinstance(module, Mlp) and isinstance(module.act, nn.GELU) and module.act.approximate == "none"
+            and isinstance(module.norm, nn.Identity) and type(module.fc1) is nn.Linear
+            and type(module.fc2) is nn.Linear)
+
+
+def _swap(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if _plain_gelu_mlp(child):
+            setattr(module, name, PackedMlp(child))
+        elif type(child) is nn.Linear:
+            setattr(module, name, PackedLinear(child))
+        else:
+            _swap(child)
+
+
+def optimize(model: nn.Module) -> nn.Module:
+    """An inference-only copy of the eval-mode ``model`` with the eager CPU fast paths above.
+
+    Numerically the same as ``model`` in fp32 (bit for bit where the packed kernel runs); any
+    other dtype, autocast, autograd or device runs the plain ops. The original is left untouched.
+    """
+    if model.training:
+        raise ValueError("bixt.accel.optimize is for inference: call model.eval() before optimizing")
+    fast = copy.deepcopy(model)
+    fast.requires_grad_(False)
+    _swap(fast)
+    return fast
