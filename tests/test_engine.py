@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from bixt.engine import optim_config, run, seed_everything, trainer_config
+from bixt.engine import TrainerConfig, optim_config, run, seed_everything, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_training_checkpoint, resolve_resume
-from bixt.engine.classification import ClassificationAdapter, TopKEvaluator
+from bixt.metrics.classification import TopKEvaluator
+from bixt.tasks.classification import ClassificationAdapter
 from bixt.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded)
@@ -320,3 +321,40 @@ def test_mixup_config_defaults_and_label_smoothing():
     explicit = ClassificationAdapter(4, smoothing=0.1, mixup={"mixup_alpha": 0.2, "label_smoothing": 0.0})
     assert explicit.mixup.label_smoothing == 0.0
     assert ClassificationAdapter(4, mixup={}).mixup is None
+
+
+def test_cpu_evaluation_runs_an_accel_copy_with_the_current_weights(monkeypatch, tmp_path):
+    import bixt.engine.trainer as trainer_mod
+    from bixt import accel
+
+    copies = []
+    real = accel.optimize
+
+    def spy(model):
+        copies.append(real(model))
+        return copies[-1]
+
+    monkeypatch.setattr(trainer_mod.accel, "optimize", spy)
+    engine = trainer_mod._Engine.__new__(trainer_mod._Engine)  # only what _inference_copy reads
+    engine.tcfg, engine.device, engine.amp_dtype = TrainerConfig(), torch.device("cpu"), None
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    engine.eval_model = model
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        net = engine._inference_copy(model)
+        torch.testing.assert_close(net(x), model(x))
+        model[0].weight.add_(1.0)  # the next evaluation sees the new weights
+        torch.testing.assert_close(engine._inference_copy(model)(x), model(x))
+    assert len(copies) == 2 and isinstance(net[0], accel.PackedLinear)
+    engine.tcfg = TrainerConfig(accel=False)
+    assert engine._inference_copy(model) is model
+
+
+def test_few_optimizer_steps_are_warned_about(caplog):
+    from bixt.engine.trainer import warn_if_few_updates
+
+    with caplog.at_level("WARNING", logger="bixt.engine"):
+        assert warn_if_few_updates(TrainerConfig(epochs=12), 22, 1400, 64)
+    assert "only 264 optimizer steps" in caplog.text and "23 epochs make 506 steps" in caplog.text
+    assert not warn_if_few_updates(TrainerConfig(epochs=12), 156, 10000, 64)  # the embedded default: 1872
+    assert not warn_if_few_updates(TrainerConfig(epochs=1, min_updates=0), 2, 100, 64)

@@ -196,7 +196,7 @@ def test_eval_only_of_an_official_training_checkpoint(tmp_path):
     from torch.utils.data import TensorDataset
 
     from bixt.engine import run
-    from bixt.engine.classification import ClassificationAdapter
+    from bixt.tasks.classification import ClassificationAdapter
 
     golden = torch.load(REPO / "tests" / "data" / "bixt_ti_l64_p16.pt", weights_only=True)
     wrapped = {"state_dict": {f"module.{k}": v for k, v in golden["state_dict"].items()}, "epoch": 799,

@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from bixt.checkpoint import load_checkpoint
 from bixt.engine import run, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_weights
-from bixt.engine.classification import ClassificationAdapter
+from bixt.tasks.classification import ClassificationAdapter
 from test_engine import NoisyBlobs, adapter, make_cfg, state, tiny_model
 
 TRAIN, VAL = NoisyBlobs(96), NoisyBlobs(32, seed=1)  # 12 updates per epoch at batch 8

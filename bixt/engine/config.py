@@ -68,6 +68,9 @@ class TrainerConfig:
     progress: Optional[bool] = None  #: progress bar; None = only on rank 0 and a terminal
     max_steps: Optional[int] = None  #: stop (cleanly: checkpoint + eval) after this many optimizer steps
     abort_at_step: Optional[int] = None  #: debugging: stop dead after this step, as if killed (tests)
+    min_updates: int = 500  #: warn when the run makes fewer optimizer steps than this (0 = never)
+    #: evaluate on the CPU through bixt.accel.optimize (an inference copy with packed weights)
+    accel: bool = True
 
 
 @dataclass

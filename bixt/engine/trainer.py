@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bixt.engine import checkpointing as ckpt_io
+from bixt import accel
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer_config
 from bixt.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup,
                                      gather_objects, init_distributed)
@@ -72,6 +73,20 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
 class _Aborted(Exception):
     """Raised by ``trainer.abort_at_step`` to stop dead, as if the process had been killed."""
+
+
+def warn_if_few_updates(tcfg: TrainerConfig, updates_per_epoch: int, train_size: int, global_batch: int) -> bool:
+    """Warn when the whole run makes fewer optimizer steps than ``trainer.min_updates``: a small
+    data set at the default length trains a few hundred steps and stops far from converged."""
+    total = tcfg.epochs * updates_per_epoch
+    if tcfg.max_steps is not None or not tcfg.min_updates or total >= tcfg.min_updates:
+        return False
+    epochs = math.ceil(tcfg.min_updates / max(updates_per_epoch, 1))
+    log.warning("this run makes only %d optimizer steps (%d epochs x %d per epoch: %d samples at a global batch "
+                "of %d), few to train on; raise trainer.epochs (%d epochs make %d steps) or lower "
+                "trainer.batch_size (trainer.min_updates=0 silences this)", total, tcfg.epochs, updates_per_epoch,
+                train_size, global_batch, epochs, epochs * updates_per_epoch)
+    return True
 
 
 class _Engine:
@@ -224,16 +239,25 @@ class _Engine:
     def evaluate(self, model: nn.Module, loader: DataLoader, desc: str) -> dict[str, float]:
         was_training = model.training
         model.eval()
+        net = self._inference_copy(model)
         evaluator = self.adapter.make_evaluator()
         # loading must not move the training-time random stream (whatever the number of workers)
         batches = rng_guarded(loader) if self.tcfg.num_workers == 0 else loader
         for batch in progress_bar(batches, total=len(loader), initial=0, desc=desc, enabled=self.show_bar):
             batch = self._to_device(batch)
             with self._autocast():
-                outputs = self.adapter.forward(model, batch)
+                outputs = self.adapter.forward(net, batch)
             evaluator.update(outputs, batch)
         model.train(was_training)
         return {k: float(v) for k, v in evaluator.compute(all_reduce_sum(evaluator.state(), self.env)).items()}
+
+    def _inference_copy(self, model: nn.Module) -> nn.Module:
+        """The model as evaluated: on the CPU in fp32, a bixt.accel copy taken now (so it holds
+        the current weights); compiled models and other devices or dtypes are evaluated as they are."""
+        compiled = self.tcfg.compile and model is self.eval_model
+        if self.tcfg.accel and self.device.type == "cpu" and self.amp_dtype is None and not compiled:
+            return accel.optimize(model)
+        return model
 
     def evaluate_all(self, loader: DataLoader, prefix: str) -> dict[str, float]:
         out = {f"{prefix}/{k}": v for k, v in self.evaluate(self.eval_model, loader, prefix).items()}
@@ -350,6 +374,7 @@ class _Engine:
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         log.info("%s parameters | %d train / %d val %s | global batch %d | lr %.3g | %d updates per epoch",
                  f"{n_params:,}", len(train_set), len(val_set), self.sample_name, global_batch, lr, updates_per_epoch)
+        warn_if_few_updates(tcfg, updates_per_epoch, len(train_set), global_batch)
 
         record: dict[str, Any] = {}
         if start_epoch >= tcfg.epochs:

@@ -1,1 +1,1 @@
-"""Task heads: classification, dense segmentation, retrieval."""
+"""Task heads: classification from pooled latents, dense segmentation, retrieval."""

@@ -25,6 +25,7 @@ from torch import nn
 from bixt.checkpoint import load_checkpoint
 from bixt.core.layers import LayerNorm
 from bixt.core.encoder import BiXTEncoder
+from bixt.heads.classification import classify_latents
 from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer, image_token_grid
 
 __all__ = ["BiXT", "checkpoint_filter_fn"]
@@ -167,10 +168,8 @@ class BiXT(nn.Module):
         return latents
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=1)
-        x = self.head_drop(self.fc_norm(x))
-        return x if pre_logits else self.head(x)
+        return classify_latents(x, self.fc_norm, self.head_drop, self.head, pool=self.global_pool == "avg",
+                                pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

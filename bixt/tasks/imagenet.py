@@ -26,7 +26,7 @@ import bixt  # noqa: F401  (registers the BiXT models with timm)
 from bixt.data.images import BadImageError, build_image_datasets
 from bixt.engine import run, seed_everything, trainer_config
 from bixt.engine.checkpointing import checkpoint_classes, eval_weights_path, load_training_checkpoint, resolve_resume
-from bixt.engine.classification import ClassificationAdapter
+from bixt.tasks.classification import ClassificationAdapter
 
 log = logging.getLogger("bixt.tasks.imagenet")
 

@@ -128,7 +128,10 @@ class PatchTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
         self.grid(*x.shape[-2:])
-        return rearrange(self.proj(channels_last(x) if self.use_channels_last else x), "b d h w -> b (h w) d")
+        tokens = rearrange(self.proj(channels_last(x) if self.use_channels_last else x), "b d h w -> b (h w) d")
+        # One copy here (none after a channels-last conv): the residual stream would otherwise keep
+        # the conv's strided layout through every add, and each layer norm would copy it again.
+        return tokens.contiguous()
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -168,4 +171,4 @@ class ConvTokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_image(x, self.in_chans)
         self.grid(*x.shape[-2:])
-        return rearrange(self.proj(channels_last(x)), "b d h w -> b (h w) d")
+        return rearrange(self.proj(channels_last(x)), "b d h w -> b (h w) d").contiguous()
