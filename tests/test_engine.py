@@ -53,6 +53,25 @@ def adapter():
     return ClassificationAdapter(num_classes=2)
 
 
+class Killed(Exception):
+    """Stands for the process dying (kill -9): nothing after it runs, nothing is saved."""
+
+
+class DiesAfter(ClassificationAdapter):
+    """A classification adapter whose process "dies" in the first loss after ``updates``
+    optimizer steps of ``accumulate`` micro-batches each."""
+
+    def __init__(self, updates: int, accumulate: int = 1):
+        super().__init__(num_classes=2)
+        self.losses_left = updates * accumulate
+
+    def loss(self, outputs, batch):
+        if self.losses_left == 0:
+            raise Killed()
+        self.losses_left -= 1
+        return super().loss(outputs, batch)
+
+
 def state(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -206,7 +225,8 @@ def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
 
     interrupted = tmp_path / "interrupted"
     # 12 batches of 8 per epoch; die at update 9 (epoch 2 when accumulating), after the checkpoint at 8
-    assert run(make_cfg(interrupted, abort_at_step=9, **common), tiny_model(), adapter(), train, val) == {}
+    with pytest.raises(Killed):
+        run(make_cfg(interrupted, **common), tiny_model(), DiesAfter(9, accumulate), train, val)
     ckpt = state(interrupted / "last.pth")
     assert ckpt["global_step"] == 8 and ckpt["step_in_epoch"] > 0  # a mid-epoch checkpoint
     run(make_cfg(interrupted, resume=True, **common), tiny_model(), adapter(), train, val)
@@ -358,3 +378,14 @@ def test_few_optimizer_steps_are_warned_about(caplog):
     assert "only 264 optimizer steps" in caplog.text and "23 epochs make 506 steps" in caplog.text
     assert not warn_if_few_updates(TrainerConfig(epochs=12), 156, 10000, 64)  # the embedded default: 1872
     assert not warn_if_few_updates(TrainerConfig(epochs=1, min_updates=0), 2, 100, 64)
+
+
+def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    run(make_cfg(tmp_path, epochs=1, deterministic=True, threads=1), tiny_model(), adapter(),
+        NoisyBlobs(16), NoisyBlobs(8, seed=1))
+    after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ

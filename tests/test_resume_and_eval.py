@@ -19,7 +19,7 @@ from bixt.checkpoint import load_checkpoint
 from bixt.engine import run, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_weights
 from bixt.tasks.classification import ClassificationAdapter
-from test_engine import NoisyBlobs, adapter, make_cfg, state, tiny_model
+from test_engine import DiesAfter, Killed, NoisyBlobs, adapter, make_cfg, state, tiny_model
 
 TRAIN, VAL = NoisyBlobs(96), NoisyBlobs(32, seed=1)  # 12 updates per epoch at batch 8
 
@@ -66,7 +66,8 @@ def test_resume_with_another_batch_size_keeps_the_position_in_epochs(tmp_path):
 
 def test_mid_epoch_resume_with_another_batch_size_maps_the_samples_or_refuses(tmp_path):
     common = dict(epochs=2, ckpt_every_steps=2)
-    assert train(tmp_path / "run", abort_at_step=9, **common) == {}
+    with pytest.raises(Killed):
+        run(make_cfg(tmp_path / "run", **common), tiny_model(), DiesAfter(9), TRAIN, VAL)
     ckpt = state(tmp_path / "run" / "last.pth")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 8)  # 64 of the epoch's 96 samples used
     before = snapshot(tmp_path / "run")

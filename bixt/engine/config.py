@@ -67,7 +67,6 @@ class TrainerConfig:
     log_every: int = 50  #: optimizer steps between log lines when no progress bar is shown (0 = off)
     progress: Optional[bool] = None  #: progress bar; None = only on rank 0 and a terminal
     max_steps: Optional[int] = None  #: stop (cleanly: checkpoint + eval) after this many optimizer steps
-    abort_at_step: Optional[int] = None  #: debugging: stop dead after this step, as if killed (tests)
     min_updates: int = 500  #: warn when the run makes fewer optimizer steps than this (0 = never)
     #: evaluate on the CPU through bixt.accel.optimize (an inference copy with packed weights)
     accel: bool = True
@@ -150,8 +149,6 @@ def check_trainer(t: TrainerConfig) -> None:
     _require(p, "trainer.log_every", t.log_every, t.log_every >= 0, ">= 0 (0 = off)")
     _require(p, "trainer.test_with", t.test_with, t.test_with in ("best", "last"), "best or last")
     _require(p, "trainer.max_steps", t.max_steps, t.max_steps is None or t.max_steps >= 1, ">= 1, or null")
-    _require(p, "trainer.abort_at_step", t.abort_at_step, t.abort_at_step is None or t.abort_at_step >= 1,
-             ">= 1, or null")
     _raise_if(p, "trainer")
 
 

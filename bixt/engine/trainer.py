@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -46,15 +46,32 @@ def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Opti
     end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict."""
     tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
     env = init_distributed(tcfg.device)
-    # process-wide torch settings the engine may change, restored afterwards (tests, notebooks, sweeps)
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
+        with process_settings_restored():
+            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
     finally:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         cleanup(env)
+
+
+@contextlib.contextmanager
+def process_settings_restored() -> Iterator[None]:
+    """Every process-wide setting the engine may change (threads, deterministic algorithms, cuDNN
+    and TF32 switches, CUBLAS_WORKSPACE_CONFIG) is put back afterwards: tests, notebooks and sweeps
+    call run() many times in one process."""
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    flags = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
 def move_to_device(batch: Any, device: torch.device) -> Any:
@@ -71,8 +88,6 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class _Aborted(Exception):
-    """Raised by ``trainer.abort_at_step`` to stop dead, as if the process had been killed."""
 
 
 def warn_if_few_updates(tcfg: TrainerConfig, updates_per_epoch: int, train_size: int, global_batch: int) -> bool:
@@ -131,6 +146,11 @@ class _Engine:
             train_model = torch.compile(train_model, mode=tcfg.compile_mode)
             self.eval_model = torch.compile(self.raw_model, mode=tcfg.compile_mode)
         self.train_model = train_model
+        # built by fit() from the training set's size (save and restore run only inside it)
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scheduler = None
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        self.layout: Optional[Layout] = None
         log.info("run dir %s | device %s | world size %d | amp %s", self.run_dir, self.device, env.world_size,
                  self.amp_dtype or "off")
 
@@ -385,13 +405,9 @@ class _Engine:
             skip_steps = start_step if epoch == start_epoch else 0
             sampler.set_epoch(epoch)
             sampler.set_start(skip_steps * tcfg.accumulate * batch_size)
-            try:
-                train_stats, step_in_epoch, sums = self.train_epoch(
-                    train_loader, epoch, skip_steps, batches_per_epoch, updates_per_epoch,
-                    epoch_stats if epoch == start_epoch else None)
-            except _Aborted:
-                log.warning("trainer.abort_at_step=%d reached: stopping without saving", tcfg.abort_at_step)
-                return {}
+            train_stats, step_in_epoch, sums = self.train_epoch(
+                train_loader, epoch, skip_steps, batches_per_epoch, updates_per_epoch,
+                epoch_stats if epoch == start_epoch else None)
             finished = step_in_epoch >= updates_per_epoch
             record = {"epoch": epoch + 1, "step": self.global_step, **train_stats}
             is_best = False
@@ -532,8 +548,6 @@ class _Engine:
                     window_n, window_t0 = 0, time.perf_counter()
             if save_now:
                 self.save(epoch, step_in_epoch, {"loss": loss_sum.item(), "samples": epoch_n}, is_best=False)
-            if tcfg.abort_at_step is not None and self.global_step >= tcfg.abort_at_step:
-                raise _Aborted()
             if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
                 break
         bar.close()
