@@ -19,7 +19,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -34,14 +34,15 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 log = logging.getLogger(__name__)
 
 
-def _torch_load(source) -> object:
+def _torch_load(source, name: Optional[str] = None) -> object:
+    """``torch.load`` of a path or file object; ``name`` says what it is in errors (a zip member)."""
     # Training checkpoints carry argparse.Namespace under `args`; allow just that beyond tensors.
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
             return torch.load(source, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in several types
             raise RuntimeError(
-                f"could not read {getattr(source, 'name', source)!s} as a torch checkpoint ({err}). If it holds "
+                f"could not read {name or source} as a torch checkpoint ({err}). If it holds "
                 "objects other than tensors and argparse args, re-save its state dict with torch.save"
             ) from err
 
@@ -68,7 +69,7 @@ def _read_zip(path: Path) -> object:
         data = archive.read(weights[0])
     if weights[0].endswith(".safetensors"):
         return _load_safetensors(data)
-    return _torch_load(io.BytesIO(data))
+    return _torch_load(io.BytesIO(data), name=f"{weights[0]} inside {path}")
 
 
 def unwrap_state_dict(checkpoint: Mapping, use_ema: bool = False, source: str = "checkpoint") -> StateDict:
@@ -168,14 +169,21 @@ def load_checkpoint(
 ) -> nn.Module:
     """Load weights into ``model``, mapping foreign key layouts through the model's filter.
 
-    ``filter_fn`` defaults to the model's ``checkpoint_filter_fn`` attribute (BiXT models map the
-    official layout onto their own). Raises ``RuntimeError`` naming every missing, unexpected and
+    ``filter_fn`` defaults to the model's own ``filter_checkpoint`` (see
+    :class:`MapsForeignCheckpoints`: BiXT models map the official layout onto theirs). Raises ``RuntimeError`` naming every missing, unexpected and
     mis-shaped key when the checkpoint does not fit (with ``strict=False``: when it fits nowhere).
     """
     report = load_weights_into(model, checkpoint, strict=strict, use_ema=use_ema, filter_fn=filter_fn)
     if report.missing or report.unexpected:
         log.warning("non-strict load: %s", report)
     return model
+
+
+@runtime_checkable
+class MapsForeignCheckpoints(Protocol):
+    """A model that maps other key layouts (official checkpoints) onto its own state dict."""
+
+    def filter_checkpoint(self, state_dict: StateDict) -> StateDict: ...
 
 
 def load_weights_into(
@@ -191,9 +199,10 @@ def load_weights_into(
         state_dict = read_state_dict(checkpoint, use_ema)
     else:
         state_dict = unwrap_state_dict(checkpoint, use_ema)
-    filter_fn = filter_fn or getattr(model, "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
+    elif isinstance(model, MapsForeignCheckpoints):
+        state_dict = model.filter_checkpoint(state_dict)
     problems = describe_mismatch(model, state_dict)
     if problems and (strict or "shape" in problems):
         raise RuntimeError(

@@ -314,3 +314,11 @@ def test_new_ft384_names_run_at_384_and_any_grid(name):
         assert model(torch.randn(1, 3, 224, 256)).shape == (1, 5)
     if "LS" in name:
         assert model.encoder.blocks[0].cross.ls_latents.gamma.shape == (32,)
+
+
+def test_a_corrupt_weight_file_inside_a_zip_is_named(tmp_path):
+    path = tmp_path / "bixt_ti_l64_p16.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("bixt_ti_l64_p16/model_best.pth.tar", b"not a checkpoint")
+    with pytest.raises(RuntimeError, match=r"could not read bixt_ti_l64_p16/model_best.pth.tar inside .*\.zip"):
+        read_state_dict(path)

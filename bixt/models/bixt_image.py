@@ -116,7 +116,9 @@ class BiXT(nn.Module):
                              for i in self.encoder.token_layers]
         self._init_weights()
 
-    checkpoint_filter_fn = staticmethod(lambda state_dict, model: checkpoint_filter_fn(state_dict, model))
+    def filter_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The official key layout mapped onto this model (see :func:`bixt.checkpoint.load_checkpoint`)."""
+        return checkpoint_filter_fn(state_dict, self)
 
     def _init_weights(self) -> None:
         for m in self.patch_embed.modules():

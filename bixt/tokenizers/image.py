@@ -135,8 +135,7 @@ class PatchTokenizer(nn.Module):
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
-    # A channels-last conv output makes the (b, h*w, d) token view contiguous, so no later op copies
-    # or reads it strided: patch embedding + position + first norm at 12544 tokens 13 ms vs 23 ms.
+    # A channels-last conv output makes the (b, h*w, d) token view contiguous without a copy.
     return images.contiguous(memory_format=torch.channels_last)
 
 
