@@ -220,6 +220,8 @@ def test_task_default_data_runs_both_models(tmp_path, model):
 def test_resume_and_eval_only_shortcuts_reach_the_trainer():
     from hydra import compose, initialize_config_dir
 
+    import bixt.engine  # noqa: F401  (registers trainer/default; alone, nothing else in this file imports it)
+
     with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "lra_retrieval"), version_base=None):
         cfg = compose("config", overrides=["eval_only=true", "resume=true", "trainer.run_dir=/runs/x"])
     assert cfg.trainer.eval_only is True and cfg.trainer.resume is True

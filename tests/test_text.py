@@ -160,3 +160,31 @@ def test_masked_mean_counts_real_tokens_only():
     tokens = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert masked_mean(tokens, torch.tensor([[True, True, False]])).item() == 2.0
     assert masked_mean(tokens, None).item() == pytest.approx(104 / 3)
+
+
+# ---------------------------------------------------------------------------------------- token vocabulary
+def test_token_vocabulary_encodes_drops_and_reports_unknown_tokens():
+    from bixt.tokenizers.text import TokenVocabulary, UnknownTokenError
+
+    vocab = TokenVocabulary(["[MAX", "]", "1", "2", "("], drop=["("])
+    ids = vocab.encode("( [MAX 1  2 ]")
+    assert ids.tolist() == [1, 3, 4, 2] and ids.dtype == np.uint8 and vocab.vocab_size == 6
+    assert vocab.decode(np.array([1, 3, 0, 0])) == "[MAX 1"
+    with pytest.raises(UnknownTokenError, match=r"unknown token '7' at token 3"):
+        vocab.encode("[MAX 1 7 ]")
+    with pytest.raises(ValueError, match="distinct"):
+        TokenVocabulary(["a", "a"])
+    padded, mask = vocab.pad([vocab.encode("1"), vocab.encode("[MAX 1 ]")])
+    assert padded.tolist() == [[3, 0, 0], [1, 3, 2]] and mask.tolist() == [[True, False, False], [True] * 3]
+
+
+def test_token_embedding_sizes_and_byte_checkpoint_names():
+    from bixt.tokenizers.text import TokenEmbedding
+
+    embed = TokenEmbedding(18, 8, max_len=10)
+    assert embed.table.num_embeddings == 18 and "token_embed.weight" in embed.state_dict()
+    assert torch.equal(embed(torch.zeros(1, 3, dtype=torch.long))[0], embed.pos_embed[0, :3])
+    assert "byte_embed.weight" in ByteEmbedding(8, max_len=10).state_dict()  # retrieval checkpoints keep loading
+    listops = BiXTDocumentEncoder(dim=16, depth=2, num_latents=4, num_heads=2, max_len=10, vocab_size=18)
+    assert listops.embed.vocab_size == 18
+    assert TransformerDocumentEncoder(dim=16, depth=1, num_heads=2, max_len=10, vocab_size=18).embed.vocab_size == 18

@@ -2,7 +2,7 @@
 
 LRA configuration for byte-level retrieval: 4 layers, dim 128, 4 heads, MLP 512 (ratio 4), with
 pre-norm blocks and GELU MLPs (timm's ViT ``Block``); positions are added by
-:class:`~bixt.tokenizers.text.ByteEmbedding` (fixed sinusoidal by default, or learned); documents
+:class:`~bixt.tokenizers.text.TokenEmbedding` (fixed sinusoidal by default, or learned); sequences
 are pooled by the mean over their real (unpadded) tokens. Attention cost is quadratic in the
 document length, which is the point of the comparison.
 """
@@ -16,7 +16,7 @@ from torch import nn
 
 from bixt.core.encoder import init_weights_jax
 from bixt.core.layers import LayerNorm
-from bixt.tokenizers.text import ByteEmbedding
+from bixt.tokenizers.text import make_embedding
 
 
 def masked_mean(tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -28,7 +28,11 @@ def masked_mean(tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> tor
 
 
 class TransformerDocumentEncoder(nn.Module):
-    """Byte ids -> pooled document vector with full self-attention over all bytes."""
+    """Token ids -> pooled sequence vector with full self-attention over all tokens.
+
+    ``vocab_size=None`` reads byte ids (retrieval); an int is a token-level vocabulary's size,
+    padding included (ListOps).
+    """
 
     def __init__(
         self,
@@ -42,10 +46,11 @@ class TransformerDocumentEncoder(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        vocab_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.embed = ByteEmbedding(dim, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
+        self.embed = make_embedding(dim, vocab_size, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(

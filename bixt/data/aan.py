@@ -9,19 +9,20 @@ columns ``label, id1, id2, text1, text2``; texts are usually Python bytes litera
 parsed with :func:`ast.literal_eval` (never ``eval``). Parsed splits and their tokenised versions
 are cached by ``datasets`` under ``cache_dir`` (never inside the data folder, which is only read);
 a cache entry is keyed by the file's path, size and modification time, so an edited file is
-re-read.
+re-read (the reading and caching are :mod:`bixt.data.tsv`'s, shared with ListOps).
 """
 from __future__ import annotations
 
 import ast
 import hashlib
-import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from bixt.data.tsv import check_data_folder, file_fingerprint, has_rows, load_tsv_split, prepare_cache_dir
+from bixt.data.tsv import default_cache_dir as tsv_cache_dir
 from bixt.tokenizers.text import ByteTokenizer
 
 SPLITS = ("train", "eval", "test")
@@ -123,45 +124,21 @@ def iter_aan_tsv(path: Union[str, Path]) -> Iterator[dict]:
 
 
 def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    key = f"aan-v{READER_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return file_fingerprint(path, f"aan-v{READER_VERSION}")
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("BIXT_CACHE", Path.home() / ".cache" / "bixt")) / "aan"
-
-
-def _has_rows(path: Path) -> bool:
-    """Whether the file holds a non-blank line (reads only up to the first one)."""
-    with open(path, "rb") as f:
-        return any(line.strip() for line in f)
+    return tsv_cache_dir("aan")
 
 
 def load_aan_split(path: Union[str, Path], cache_dir: Union[str, Path], split: Optional[str] = None):
     """One parsed split as a ``datasets.Dataset`` (label, id1, id2, text1, text2), cached in ``cache_dir``."""
-    from datasets import Dataset
-    from datasets.exceptions import DatasetGenerationError
-
     path = Path(path)
-    if not _has_rows(path):  # datasets would only say 'Instruction "train" corresponds to no data'
+    if not has_rows(path):  # datasets would only say 'Instruction "train" corresponds to no data'
         which = f" (the {split!r} split)" if split else ""
         raise AANFormatError(f"{path}{which} holds no pairs; expected one tab-separated row "
                              f"({', '.join(COLUMNS)}) per pair")
-    fingerprint = _file_fingerprint(path)
-    try:
-        return Dataset.from_generator(
-            iter_aan_tsv, gen_kwargs={"path": str(path)}, features=_raw_features(),
-            cache_dir=str(cache_dir), fingerprint=fingerprint,
-        )
-    except DatasetGenerationError as exc:
-        # datasets wraps errors raised by the generator; surface the row-level message itself.
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, AANFormatError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
+    return load_tsv_split(path, iter_aan_tsv, _raw_features(), cache_dir, _file_fingerprint(path), AANFormatError)
 
 
 def tokenize_pairs(dataset, tokenizer: ByteTokenizer, cache_file_name: Optional[str] = None):
@@ -193,21 +170,8 @@ def load_aan(
     splits: Sequence[str] = SPLITS,
 ) -> dict:
     """Tokenised AAN splits ``{split: datasets.Dataset}`` from ``root/new_aan_pairs.<split>.tsv``."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"AAN data folder {root} does not exist; point data.root at the folder holding "
-            f"{', '.join(FILE_TEMPLATE.format(split=s) for s in splits)}"
-        )
-    missing = [FILE_TEMPLATE.format(split=s) for s in splits if not (root / FILE_TEMPLATE.format(split=s)).is_file()]
-    if missing:
-        raise FileNotFoundError(f"AAN data folder {root} lacks {', '.join(missing)} (LRA release file names expected)")
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if cache_dir.resolve().is_relative_to(root.resolve()):
-        raise ValueError(
-            f"cache_dir {cache_dir} lies inside the data folder {root}, which is only read; choose another"
-        )
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    root = check_data_folder(root, [FILE_TEMPLATE.format(split=s) for s in splits], "AAN")
+    cache_dir = prepare_cache_dir(cache_dir, root, "aan")
     tokenizer = ByteTokenizer(max_len)
     out = {}
     for split in splits:

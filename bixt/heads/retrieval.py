@@ -3,8 +3,8 @@
 One shared document encoder reads both documents of a pair and pools each into a vector; the
 head classifies the pair from ``[u, v, u * v, u - v]``. Any module mapping
 ``(input_ids (B, N), token_mask (B, N)) -> (B, dim)`` can be the document encoder:
-:class:`BiXTDocumentEncoder` here, or the full-attention baseline in
-``bixt.baselines.transformer``.
+:class:`BiXTDocumentEncoder` (the shared :class:`bixt.models.text.BiXTSequenceEncoder`), or the
+full-attention baseline in ``bixt.baselines.transformer``.
 """
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from bixt.core import BiXTEncoder
-from bixt.core.layers import LayerNorm
-from bixt.tokenizers.text import PAD_ID, ByteEmbedding
+from bixt.models.text import BiXTSequenceEncoder
+from bixt.tokenizers.text import PAD_ID
 
 
 class RetrievalHead(nn.Module):
@@ -51,53 +50,8 @@ class RetrievalHead(nn.Module):
         return self.mlp(torch.cat([u, v, u * v, u - v], dim=-1))
 
 
-class BiXTDocumentEncoder(nn.Module):
-    """Byte ids -> pooled document vector with BiXT: embed, encode, mean over the latents.
-
-    ``pool_norm`` adds a LayerNorm after the pooling (like ``fc_norm`` of the classifiers). It is off
-    by default because it slowed learning on the embedded matching task: 0.73 eval accuracy after
-    the default 156 steps with it, 0.97 without (same seed and data; with fixed sinusoidal
-    positions it stayed at chance for 250 steps, also with a norm per latent before pooling).
-    A likely reason: early on the pooled latents are dominated by their shared learned part, and
-    normalising shrinks the document-specific differences the head compares.
-
-    ``token_dim`` (default ``dim``) sets the byte-token width separately from the latent width:
-    the token side is where the cost grows with the document length.
-    The last layer is one-sided by default: only the pooled latents are used, so refining the
-    tokens once more would be wasted work.
-    """
-
-    def __init__(
-        self,
-        dim: int = 128,
-        depth: int = 4,
-        num_latents: int = 32,
-        num_heads: int = 4,
-        token_dim: Optional[int] = None,
-        mlp_ratio: float = 4.0,
-        token_mlp_ratio: Optional[float] = None,
-        max_len: int = 4000,
-        pos_embed: str = "sinusoidal",
-        drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        update_tokens_last: bool = False,
-        grad_checkpointing: bool = False,
-        pool_norm: bool = False,
-    ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.embed = ByteEmbedding(token_dim or dim, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
-        self.encoder = BiXTEncoder(
-            dim=dim, depth=depth, num_latents=num_latents, num_heads=num_heads, token_dim=token_dim,
-            mlp_ratio=mlp_ratio,
-            token_mlp_ratio=token_mlp_ratio, drop_path_rate=drop_path_rate,
-            update_tokens_last=update_tokens_last, grad_checkpointing=grad_checkpointing,
-        )
-        self.norm = LayerNorm(dim) if pool_norm else nn.Identity()
-
-    def forward(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        latents, _ = self.encoder(self.embed(input_ids), token_mask=token_mask)
-        return self.norm(latents.mean(dim=1))
+# The document encoder is the text tasks' shared sequence encoder (kept here under its old name).
+BiXTDocumentEncoder = BiXTSequenceEncoder
 
 
 class DualEncoderRetriever(nn.Module):

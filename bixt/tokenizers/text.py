@@ -1,4 +1,11 @@
-"""Byte-level text tokenisation: raw bytes -> ids, padding masks, and token embeddings.
+"""Text tokenisation: raw bytes or token strings -> ids, padding masks, and token embeddings.
+
+Two tokenisers share the id conventions (padding id 0, real ids from 1), the padding / mask
+helper (:func:`pad_sequences`) and the embedding (:class:`TokenEmbedding`):
+
+- :class:`ByteTokenizer`: byte-level documents (LRA retrieval), described below;
+- :class:`TokenVocabulary`: a fixed, small token-level vocabulary of whitespace-separated tokens
+  (LRA ListOps: operators, digits, brackets), unknown tokens reported instead of mapped to an id.
 
 The vocabulary is the 256 byte values shifted by one (byte ``b`` -> id ``b + 1``) plus the padding
 id 0, as in the Long Range Arena byte-level tasks. Tokenisation runs on Hugging Face ``tokenizers``
@@ -112,20 +119,87 @@ class ByteTokenizer:
 
     @staticmethod
     def pad(sequences: Sequence[Union[np.ndarray, Sequence[int], torch.Tensor]], length: Optional[int] = None):
-        """Batch pre-tokenised id sequences: ``(input_ids (B, N) int64, token_mask (B, N) bool)``.
+        """Batch pre-tokenised id sequences: see :func:`pad_sequences`."""
+        return pad_sequences(sequences, length)
 
-        N is ``length`` or the longest sequence (at least 1); empty sequences keep position 0 visible.
-        """
-        lengths = [len(s) for s in sequences]
-        n = length if length is not None else max(max(lengths, default=0), 1)
-        if max(lengths, default=0) > n:
-            raise ValueError(f"cannot pad sequences of length up to {max(lengths)} to length {n}")
-        input_ids = torch.full((len(sequences), n), PAD_ID, dtype=torch.long)
-        for row, (seq, size) in enumerate(zip(sequences, lengths)):
-            if size:
-                input_ids[row, :size] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-        token_mask = torch.arange(n).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
-        return input_ids, ensure_visible_token(token_mask)
+
+def pad_sequences(sequences: Sequence[Union[np.ndarray, Sequence[int], torch.Tensor]], length: Optional[int] = None):
+    """Batch pre-tokenised id sequences: ``(input_ids (B, N) int64, token_mask (B, N) bool)``.
+
+    N is ``length`` or the longest sequence (at least 1); empty sequences keep position 0 visible.
+    """
+    lengths = [len(s) for s in sequences]
+    n = length if length is not None else max(max(lengths, default=0), 1)
+    if max(lengths, default=0) > n:
+        raise ValueError(f"cannot pad sequences of length up to {max(lengths)} to length {n}")
+    input_ids = torch.full((len(sequences), n), PAD_ID, dtype=torch.long)
+    for row, (seq, size) in enumerate(zip(sequences, lengths)):
+        if size:
+            input_ids[row, :size] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+    token_mask = torch.arange(n).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return input_ids, ensure_visible_token(token_mask)
+
+
+class UnknownTokenError(ValueError):
+    """A token outside a :class:`TokenVocabulary`; ``token`` and ``position`` say which."""
+
+    def __init__(self, token: str, position: int, vocabulary: Sequence[str]) -> None:
+        self.token, self.position = token, position
+        super().__init__(f"unknown token {token[:40]!r} at token {position + 1}; the vocabulary is "
+                         f"{' '.join(vocabulary)}")
+
+
+class TokenVocabulary:
+    """A fixed token-level vocabulary: token ``tokens[i]`` -> id ``i + 1``, padding id 0.
+
+    ``encode(text)`` splits on whitespace and returns the ids (``uint8`` while they fit, else
+    ``uint16``); a token outside the vocabulary raises :class:`UnknownTokenError` (position and
+    token named) instead of being mapped silently to an unknown id, since for a formal language
+    such as ListOps it means the file is not what the task expects. ``drop`` lists tokens that
+    are valid but not kept (ListOps: the parentheses, as LRA's tokeniser drops them).
+    ``pad`` batches as :func:`pad_sequences`, ``decode`` maps ids back (padding dropped).
+    """
+
+    def __init__(self, tokens: Sequence[str], drop: Sequence[str] = ()) -> None:
+        tokens = list(tokens)
+        if len(set(tokens)) != len(tokens) or any(not t or t != t.strip() or " " in t for t in tokens):
+            raise ValueError(f"vocabulary tokens must be distinct, non-empty and without whitespace: {tokens}")
+        self.tokens = tokens
+        self.ids = {t: i + 1 for i, t in enumerate(tokens)}
+        self.drop = frozenset(drop)
+        unknown = self.drop - set(tokens)
+        if unknown:
+            raise ValueError(f"tokens to drop must be in the vocabulary, got {sorted(unknown)}")
+        self.dtype = np.uint8 if len(tokens) < 256 else np.uint16
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({' '.join(self.tokens)}, drop={sorted(self.drop)})"
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids including padding (the embedding table's size)."""
+        return len(self.tokens) + 1
+
+    def encode(self, text: str) -> np.ndarray:
+        ids, drop = self.ids, self.drop
+        out = []
+        for position, token in enumerate(text.split()):
+            if token in drop:
+                continue
+            index = ids.get(token)
+            if index is None:
+                raise UnknownTokenError(token, position, self.tokens)
+            out.append(index)
+        return np.asarray(out, dtype=self.dtype)
+
+    def decode(self, ids: Union[Sequence[int], np.ndarray, torch.Tensor]) -> str:
+        ids = ids.tolist() if isinstance(ids, (torch.Tensor, np.ndarray)) else list(ids)
+        return " ".join(self.tokens[i - 1] for i in ids if i != PAD_ID)
+
+    pad = staticmethod(pad_sequences)
 
 
 def sinusoidal_positions(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -140,34 +214,42 @@ def sinusoidal_positions(length: int, dim: int, temperature: float = 10000.0) ->
     return encoding
 
 
-class ByteEmbedding(nn.Module):
-    """Byte ids (B, N) -> tokens (B, N, dim): a byte embedding plus position information.
+class TokenEmbedding(nn.Module):
+    """Token ids (B, N) -> tokens (B, N, dim): a token embedding plus position information.
 
     Args:
+        vocab_size: number of ids, padding (id 0) included.
         dim: token width.
         max_len: longest sequence accepted (size of the position table).
-        pos_embed: ``"sinusoidal"`` (fixed, unit amplitude, like the byte embeddings),
+        pos_embed: ``"sinusoidal"`` (fixed, unit amplitude, like the token embeddings),
             ``"learned"`` (trunc-normal init, std 0.02) or ``"none"``.
         drop_rate: dropout on the summed embeddings.
 
     The padding id embeds to the zero vector (``padding_idx``), so a placeholder token of an empty
-    document carries position only.
+    document carries position only. The table is stored as ``token_embed`` (``byte_embed`` in
+    :class:`ByteEmbedding`, the name its checkpoints carry).
     """
 
-    def __init__(self, dim: int, max_len: int = 4000, pos_embed: str = "sinusoidal", drop_rate: float = 0.0) -> None:
+    table_name = "token_embed"
+
+    def __init__(self, vocab_size: int, dim: int, max_len: int = 4000, pos_embed: str = "sinusoidal",
+                 drop_rate: float = 0.0) -> None:
         super().__init__()
         if pos_embed not in ("sinusoidal", "learned", "none"):
             raise ValueError(f"pos_embed must be 'sinusoidal', 'learned' or 'none', got {pos_embed!r}")
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size counts the padding id and needs at least one token, got {vocab_size}")
+        self.vocab_size = vocab_size
         self.dim = dim
         self.max_len = max_len
         self.pos_embed_type = pos_embed
-        # Unit-variance byte embeddings (torch's default init) match the scale of the sinusoidal
-        # positions; a small init (std 0.02) lets the positions drown the byte identities after the
+        # Unit-variance token embeddings (torch's default init) match the scale of the sinusoidal
+        # positions; a small init (std 0.02) lets the positions drown the token identities after the
         # first LayerNorm, and training then stalls at chance on byte-content tasks.
-        self.byte_embed = nn.Embedding(VOCAB_SIZE, dim, padding_idx=PAD_ID)
+        setattr(self, self.table_name, nn.Embedding(vocab_size, dim, padding_idx=PAD_ID))
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, max_len, dim))
-            # small, as in ViT: positions start as a faint signal next to the unit-scale bytes
+            # small, as in ViT: positions start as a faint signal next to the unit-scale tokens
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         elif pos_embed == "sinusoidal":
             # Not saved in checkpoints: it is a pure function of (max_len, dim).
@@ -176,6 +258,10 @@ class ByteEmbedding(nn.Module):
             self.pos_embed = None
         self.drop = nn.Dropout(drop_rate)
 
+    @property
+    def table(self) -> nn.Embedding:
+        return getattr(self, self.table_name)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
@@ -183,9 +269,23 @@ class ByteEmbedding(nn.Module):
         if length > self.max_len:
             raise ValueError(
                 f"sequence length {length} exceeds the embedding's max_len={self.max_len}; truncate the "
-                f"documents (ByteTokenizer(max_len={self.max_len})) or build the model with a larger max_len"
+                f"sequences (e.g. ByteTokenizer(max_len={self.max_len})) or build the model with a larger max_len"
             )
-        tokens = self.byte_embed(input_ids)
+        tokens = self.table(input_ids)
         if self.pos_embed is not None:
             tokens = tokens + self.pos_embed[:, :length]
         return self.drop(tokens)
+
+
+class ByteEmbedding(TokenEmbedding):
+    """:class:`TokenEmbedding` over the byte vocabulary (ids 1..256, padding 0)."""
+
+    table_name = "byte_embed"
+
+    def __init__(self, dim: int, max_len: int = 4000, pos_embed: str = "sinusoidal", drop_rate: float = 0.0) -> None:
+        super().__init__(VOCAB_SIZE, dim, max_len=max_len, pos_embed=pos_embed, drop_rate=drop_rate)
+
+
+def make_embedding(dim: int, vocab_size: Optional[int] = None, **kwargs) -> TokenEmbedding:
+    """:class:`ByteEmbedding` for ``vocab_size=None`` (bytes), else a :class:`TokenEmbedding`."""
+    return ByteEmbedding(dim, **kwargs) if vocab_size is None else TokenEmbedding(vocab_size, dim, **kwargs)
