@@ -31,6 +31,9 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 from torch_geometric.utils import to_dense_batch
 
+from bixt.data.surfaces import Parts as _Parts
+from bixt.data.surfaces import box as _box, ellipsoid as _ellipsoid, frustum as _frustum, torus_arc as _torus_arc
+from bixt.data.surfaces import rot_x as _rot_x, rot_y as _rot_y, rot_z as _rot_z
 from bixt.engine.reproducibility import host_rngs_restored, seed_host_rngs
 from bixt.metrics.partseg import make_part_mask
 
@@ -107,107 +110,6 @@ def _synthetic_info() -> PartSegInfo:
 
 
 SYNTHETIC_INFO = _synthetic_info()
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
-def _box(rng: np.random.Generator, n: int, size) -> tuple[np.ndarray, np.ndarray]:
-    """Surface samples of an axis-aligned box centred at the origin, faces chosen by area."""
-    sx, sy, sz = size
-    areas = np.array([sy * sz, sy * sz, sx * sz, sx * sz, sx * sy, sx * sy])
-    face = rng.choice(6, size=n, p=areas / areas.sum())
-    pts = (rng.random((n, 3)) - 0.5) * np.array(size)
-    axis, sign = face // 2, np.where(face % 2 == 0, 1.0, -1.0)
-    pts[np.arange(n), axis] = sign * np.array(size)[axis] / 2
-    normals = np.zeros((n, 3))
-    normals[np.arange(n), axis] = sign
-    return pts, normals
-
-
-def _frustum(rng: np.random.Generator, n: int, r_bottom: float, r_top: float, height: float,
-             bottom_cap: bool = False, top_cap: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Surface samples of a y-axis frustum (cylinder when the radii agree) from y=0 to y=height."""
-    slant = math.hypot(height, r_bottom - r_top)
-    areas = np.array([math.pi * (r_bottom + r_top) * slant, math.pi * r_bottom ** 2 * bottom_cap,
-                      math.pi * r_top ** 2 * top_cap])
-    part = rng.choice(3, size=n, p=areas / areas.sum())
-    theta = rng.random(n) * 2 * math.pi
-    t = rng.random(n)
-    # Lateral surface: radius varies linearly with height; sample t with density ∝ radius.
-    if abs(r_top - r_bottom) > 1e-9:
-        t = (np.sqrt(r_bottom ** 2 + t * (r_top ** 2 - r_bottom ** 2)) - r_bottom) / (r_top - r_bottom)
-    radius = r_bottom + t * (r_top - r_bottom)
-    y = t * height
-    # Caps: uniform on the disc.
-    cap_r = np.sqrt(rng.random(n)) * np.where(part == 1, r_bottom, r_top)
-    radius = np.where(part == 0, radius, cap_r)
-    y = np.where(part == 0, y, np.where(part == 1, 0.0, height))
-    pts = np.stack([radius * np.cos(theta), y, radius * np.sin(theta)], axis=1)
-    lateral_n = _unit(np.stack([np.cos(theta) * height, np.full(n, r_bottom - r_top), np.sin(theta) * height], 1))
-    cap_n = np.zeros((n, 3))
-    cap_n[:, 1] = np.where(part == 1, -1.0, 1.0)
-    normals = np.where((part == 0)[:, None], lateral_n, cap_n)
-    return pts, normals
-
-
-def _ellipsoid(rng: np.random.Generator, n: int, radii) -> tuple[np.ndarray, np.ndarray]:
-    radii = np.asarray(radii, dtype=np.float64)
-    unit = _unit(rng.normal(size=(n, 3)))
-    pts = unit * radii
-    return pts, _unit(pts / radii ** 2)
-
-
-def _torus_arc(rng: np.random.Generator, n: int, ring: float, tube: float, start: float, stop: float):
-    """Torus in the xy-plane around the origin, ring angle restricted to [start, stop]."""
-    phi = start + rng.random(n) * (stop - start)
-    psi = rng.random(n) * 2 * math.pi
-    centre = np.stack([ring * np.cos(phi), ring * np.sin(phi), np.zeros(n)], 1)
-    normal = np.stack([np.cos(psi) * np.cos(phi), np.cos(psi) * np.sin(phi), np.sin(psi)], 1)
-    return centre + tube * normal, normal
-
-
-def _rot_y(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-
-
-def _rot_x(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-
-
-def _rot_z(angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-class _Parts:
-    """Collects surface pieces (sampler, weight, placement, label) and samples a whole shape."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.pieces: list[tuple[Callable, float, np.ndarray, np.ndarray, int]] = []
-
-    def add(self, sampler: Callable, area: float, label: int, offset=(0.0, 0.0, 0.0), rotation=None) -> None:
-        rot = np.eye(3) if rotation is None else rotation
-        self.pieces.append((sampler, area, rot, np.asarray(offset, dtype=np.float64), label))
-
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        areas = np.array([p[1] for p in self.pieces])
-        # Every piece gets a few points so that thin parts are never missing entirely.
-        share = 0.9 * areas / areas.sum() + 0.1 / len(areas)
-        counts = self.rng.multinomial(n, share)
-        pos, normals, labels = [], [], []
-        for (sampler, _, rot, offset, label), count in zip(self.pieces, counts):
-            if count == 0:
-                continue
-            p, nrm = sampler(self.rng, int(count))
-            pos.append(p @ rot.T + offset)
-            normals.append(nrm @ rot.T)
-            labels.append(np.full(count, label))
-        return np.concatenate(pos), np.concatenate(normals), np.concatenate(labels)
 
 
 def _legs(parts: _Parts, label: int, width: float, depth: float, height: float, thickness: float, inset: float):
