@@ -25,7 +25,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
+    run_memory_worker,
     read_status_kb, reset_peak_rss, count_flops, interleaved_timing, machine_info, markdown_table, set_threads,
 )
 
@@ -87,20 +87,7 @@ def _memory_worker(name: str, batch: int, length: int) -> None:
 
 
 def measure_memory(name: str, batch: int, length: int, threads: int, timeout_s: float = 1200.0) -> dict[str, Any]:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536",
-               BIXT_BENCH_THREADS=str(threads))
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-worker", name, str(batch), str(length)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"status": f"too slow (> {timeout_s:g} s)"}
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if rows:
-        return rows[-1]
-    if proc.returncode in (-9, 137):
-        return {"status": "OOM (worker killed)"}
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"status": f"failed: {tail[:160]}"}
+    return run_memory_worker(__file__, [name, str(batch), str(length)], threads, timeout_s)
 
 
 # --- main ---------------------------------------------------------------------------------------------

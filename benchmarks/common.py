@@ -412,3 +412,23 @@ if __name__ == "__main__":
         _memory_worker()
     else:
         sys.exit(f"usage: python {sys.argv[0]} --memory-worker   (internal; run benchmarks/perf.py instead)")
+
+
+def run_memory_worker(script: str, args: list[str], threads: int, timeout_s: float = 1200.0) -> dict[str, Any]:
+    """Run ``script --memory-worker ARGS`` in a fresh process (its own peak RSS, small-allocation
+    malloc settings so freed memory goes back) and return the last JSON line it printed, or a
+    status saying why there is none (timeout, OOM kill, the error's last line)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536",
+               BIXT_BENCH_THREADS=str(threads))
+    cmd = [sys.executable, os.path.abspath(script), "--memory-worker", *args]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": f"too slow (> {timeout_s:g} s)"}
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if rows:
+        return rows[-1]
+    if proc.returncode in (-9, 137):
+        return {"status": "OOM (worker killed)"}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"status": f"failed: {tail[:160]}"}
