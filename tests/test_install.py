@@ -49,6 +49,19 @@ TASKS = {
          "trainer.log_every=0", "data.train_size=16", "data.eval_size=8", "data.test_size=8",
          "data.min_bytes=100", "data.max_bytes=200"],
     ),
+    "modelnet40_cls": (
+        ["data: modelnet40, solids", "model: bixt_point, bixt_point_naive, bixt_point_small"],
+        ["model.dim=32", "model.tokenizer.hidden=16", "model.encoder.depth=2", "model.encoder.num_heads=2",
+         "model.encoder.num_latents=8", "model.tokenizer.num_groups=8", "model.tokenizer.group_size=8",
+         "trainer.epochs=1", "trainer.batch_size=8", "trainer.log_every=0", "data.train_size=20",
+         "data.test_size=10", "data.num_points=32"],
+    ),
+    "lra_listops": (
+        ["data: embedded, listops", "model: bixt, bixt_tiny, transformer, transformer_tiny"],
+        ["model.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2", "trainer.epochs=1",
+         "trainer.batch_size=4", "trainer.eval_batch_size=8", "trainer.log_every=0", "data.train_size=16",
+         "data.val_size=8", "data.test_size=8"],
+    ),
 }
 
 
