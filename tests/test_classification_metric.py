@@ -19,6 +19,8 @@ def test_top1_mean_class_accuracy_and_per_class_table():
     # cat: 1 of 2, dog: 1 of 3, eel: no samples (not averaged in)
     assert out["mean_class_acc"] == pytest.approx(100 * (0.5 + 1 / 3) / 2)
     assert ev.per_class(state) == [("cat", 2, pytest.approx(50.0)), ("dog", 3, pytest.approx(100 / 3))]
+    flat = TopKEvaluator(num_classes=3, topk=(1,), classes=["cat", "dog", "eel"], per_class_metrics=True)
+    assert flat.compute(state)["acc/dog"] == pytest.approx(100 / 3) and "acc/eel" not in flat.compute(state)
     with pytest.raises(ValueError, match="gives 4 logits per sample, the evaluator expects 3"):
         ev.update(torch.zeros(1, 4), (None, torch.tensor([0])))
 

@@ -16,8 +16,10 @@ class TopKEvaluator:
     accuracy, in %). :meth:`per_class` gives the per-class table.
     """
 
-    def __init__(self, num_classes: int, topk: Sequence[int] = (1, 5), classes: Optional[Sequence[str]] = None):
+    def __init__(self, num_classes: int, topk: Sequence[int] = (1, 5), classes: Optional[Sequence[str]] = None,
+                 per_class_metrics: bool = False):
         self.num_classes = num_classes
+        self.per_class_metrics = per_class_metrics  # compute() adds acc/<class> (flat metrics keep the table)
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         self.topk = tuple(k for k in topk if k == 1 or k < num_classes)
         self.correct = torch.zeros(len(self.topk), dtype=torch.float64)
@@ -42,8 +44,10 @@ class TopKEvaluator:
         self.correct += torch.stack([hits[:, :k].any(dim=-1).sum() for k in self.topk])
         self.loss_sum += F.cross_entropy(logits, targets, reduction="sum")
         self.count += targets.numel()
-        self.class_count += torch.bincount(targets, minlength=self.num_classes)[: self.num_classes]
-        self.class_hits += torch.bincount(targets[hits[:, 0]], minlength=self.num_classes)[: self.num_classes]
+        # index_add_ rather than bincount / boolean indexing: both size their output from the data,
+        # a host sync per batch on accelerators
+        self.class_count.index_add_(0, targets, torch.ones_like(targets, dtype=self.class_count.dtype))
+        self.class_hits.index_add_(0, targets, hits[:, 0].to(self.class_hits.dtype))
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"correct": self.correct, "loss_sum": self.loss_sum, "count": self.count,
@@ -56,6 +60,8 @@ class TopKEvaluator:
         present = state["class_count"] > 0
         if bool(present.any()):
             out["mean_class_acc"] = 100.0 * float((state["class_hits"][present] / state["class_count"][present]).mean())
+        if self.per_class_metrics:
+            out.update({f"acc/{name}": acc for name, _, acc in self.per_class(state)})
         return out
 
     def per_class(self, state: dict[str, torch.Tensor]) -> list[tuple[str, int, float]]:

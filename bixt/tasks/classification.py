@@ -36,12 +36,14 @@ class ClassificationAdapter:
 
     def __init__(self, num_classes: int, loss: str = "ce", smoothing: float = 0.0,
                  mixup: Optional[dict[str, Any]] = None, bce_target_thresh: Optional[float] = None,
-                 sample_name: str = "samples", classes: Optional[Sequence[str]] = None):
+                 sample_name: str = "samples", classes: Optional[Sequence[str]] = None,
+                 per_class_metrics: bool = False):
         self.num_classes = num_classes
         self.sample_name = sample_name
         # the class names by label travel in every checkpoint, so that evaluating it later can
         # label the data the way the model was trained (folders missing a class shift nothing)
         self.classes = [str(c) for c in classes] if classes else None
+        self.per_class_metrics = per_class_metrics
         self.checkpoint_extra = {"classes": self.classes} if classes else {}
         # unset alphas mean off here (timm's Mixup would default mixup_alpha to 1.0)
         mixup = {"mixup_alpha": 0.0, "label_smoothing": smoothing, **(mixup or {})}
@@ -59,7 +61,7 @@ class ClassificationAdapter:
         return int(batch[0].shape[0])
 
     def make_evaluator(self) -> TopKEvaluator:
-        return TopKEvaluator(self.num_classes, classes=self.classes)
+        return TopKEvaluator(self.num_classes, classes=self.classes, per_class_metrics=self.per_class_metrics)
 
     def train_batch_transform(self, batch: Any) -> Any:
         if self.mixup is None:

@@ -25,28 +25,10 @@ from omegaconf import DictConfig
 from bixt.data.modelnet import ModelNetDataError, build_modelnet_datasets
 from bixt.engine import run, seed_everything, trainer_config
 from bixt.engine.checkpointing import checkpoint_classes, eval_weights_path, load_training_checkpoint, resolve_resume
-from bixt.metrics.classification import TopKEvaluator
 from bixt.models.point import PointClassifier
 from bixt.tasks.classification import ClassificationAdapter
 
 log = logging.getLogger("bixt.tasks.modelnet40_cls")
-
-
-class PerClassEvaluator(TopKEvaluator):
-    """:class:`TopKEvaluator` whose metrics also hold each class's accuracy as ``acc/<class>``
-    (so the per-class table survives the engine's flat metrics, and lands in metrics.jsonl)."""
-
-    def compute(self, state):
-        out = super().compute(state)
-        out.update({f"acc/{name}": acc for name, _, acc in self.per_class(state)})
-        return out
-
-
-class PointClassificationAdapter(ClassificationAdapter):
-    """The shared classification adapter, evaluating with :class:`PerClassEvaluator`."""
-
-    def make_evaluator(self) -> PerClassEvaluator:
-        return PerClassEvaluator(self.num_classes, classes=self.classes)
 
 
 def build_model(model_cfg: DictConfig, num_classes: int, in_features: int) -> PointClassifier:
@@ -99,8 +81,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          "not match; use the data the checkpoint was trained on")
     in_features = 3 if cfg.data.get("normals", False) else 0
     model = build_model(cfg.model, len(classes), in_features)
-    adapter = PointClassificationAdapter(len(classes), loss=cfg.loss.name, smoothing=cfg.loss.smoothing,
-                                         sample_name="shapes", classes=classes)
+    adapter = ClassificationAdapter(len(classes), loss=cfg.loss.name, smoothing=cfg.loss.smoothing,
+                                    sample_name="shapes", classes=classes, per_class_metrics=True)
     metrics = run(cfg, model, adapter, None if cfg.trainer.eval_only else train_set, test_set)
     counts = test_set.labels.bincount(minlength=len(classes)).tolist()
     # "val" (and "val_ema" with EMA): every prefix with a full evaluation (not "best/top1")
