@@ -40,6 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.accel import cpu_kernel_available, optimize  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
+from published_ops import published_ops  # noqa: E402
 from common import (  # noqa: E402
     MemorySpec, build_model, count_flops, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
     measure_peak_memory, other_load, set_threads,
@@ -189,17 +190,6 @@ def forward_fn(model: torch.nn.Module, images: torch.Tensor, dtype_name: str) ->
         with torch.no_grad(), _autocast(dtype_name):
             return model(images)
     return run
-
-
-def published_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with the token layout of the published implementation: the patch embedding's
-    (B, N, D) view of the conv output is used as it is (strided), as the official code does, where
-    bixt makes it contiguous once. Part of the plain-ops reference."""
-    from einops import rearrange
-
-    embed = model.patch_embed
-    embed.forward = lambda x: rearrange(embed.proj(x), "b d h w -> b (h w) d")
-    return model
 
 
 def linear_replay_fn(model: torch.nn.Module, images: torch.Tensor) -> tuple[Callable[[], Any], float]:
@@ -386,13 +376,12 @@ class Bench:
         ops as the published implementation runs them (attention through explicit matrices,
         unfused layers), and the model's linear layers replayed alone (the ceiling on its achieved
         FLOP rate)."""
-        from bixt.engine.config import OptimConfig
-        from bixt.engine.optim import build_optimizer
+        from timm.optim import create_optimizer_v2
 
         plan, net = self.plan, self.plan.model
         images = torch.randn(plan.fwd_batch, 3, net.img_size, net.img_size)
         train_images = images[: plan.train_batch].clone()
-        reference = net.with_kwargs(attn_impl="math")
+        reference = net
         gflops = {task: next(r["gflops_per_image"] for r in rows if r["role"] == "model" and r["task"] == task)
                   for task in ("forward", "train")}
         for task, dtype in (("forward", "fp32"), ("forward", "bf16"), ("train", "fp32")):
@@ -402,9 +391,10 @@ class Bench:
             def make(task=task, d=dtype):
                 torch.manual_seed(self.seed)
                 if task == "forward":
-                    return forward_fn(published_layout(reference.build().eval()), images, d)
-                model = published_layout(reference.build().train())
-                opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.05), lr=1e-4)
+                    return forward_fn(published_ops(reference.build().eval()), images, d)
+                model = published_ops(reference.build().train())
+                # the published training script's optimizer: timm's AdamW with torch's defaults
+                opt = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
                 targets = torch.randint(0, model.num_classes, (plan.train_batch,))
                 return train_step_fn(model, opt, train_images, targets, d)
             row = dict(key=key, model=net.model, kwargs=reference.kwargs, label=reference.label,
@@ -869,6 +859,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 "timing": "warm-up, then per round every configuration once in turn; median over rounds",
                 "train_step": "zero_grad, forward + cross-entropy (autocast for bf16), backward, AdamW step (as the "
                               "engine builds it: bixt.engine.optim.build_optimizer)",
+                "plain_ops": "the same model and weights running the published implementation's ops "
+                             "(benchmarks/published_ops.py: explicit attention matrices everywhere, strided token "
+                             "view); its train step uses the published training script's optimizer, timm's "
+                             "create_optimizer_v2('adamw') with torch's defaults",
                 "flops": "torch.utils.flop_counter on the meta device at the measured batch (matmuls, "
                          "convolutions, attention as matmuls; BiXT counted with attn_impl=math, one similarity "
                          "per layer); train = forward + backward, no recomputation",

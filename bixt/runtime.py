@@ -2,10 +2,10 @@
 
 Activations of a vision model are 1-40 MB each. glibc hands allocations of that size out as fresh
 ``mmap`` regions and unmaps them on free, so every activation's pages are faulted in (and zeroed
-by the kernel) again on each forward pass: ~110k page faults per forward of ``bixt_ti_l64_p16`` at
-batch 32, a quarter of its run time on a 2-core Xeon, and ~100k (15 %) for one 448 px image at
-stride 4 (12544 tokens). Serving every block from the heap and keeping freed heap memory makes the
-second pass fault-free.
+by the kernel) again on each forward pass, on the order of 100k page faults per forward of
+``bixt_ti_l64_p16`` at batch 32 or of one 448 px image at stride 4 (12544 tokens), a large share of
+its run time. Serving every block from the heap and keeping freed heap memory makes the second pass
+fault-free.
 
 The cost is that freed activation memory stays with the process (resident set size stays near its
 peak) instead of going back to the OS, the trade every caching allocator makes (PyTorch's CUDA

@@ -68,6 +68,40 @@ def test_encoder_math_and_sdpa_paths_agree():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_auto_trains_through_the_shared_similarity_and_infers_through_sdpa(monkeypatch):
+    import bixt.core.attention as attention
+
+    seen = []
+    real = attention.bidirectional_attention
+
+    def spy(*args, impl, **kwargs):
+        seen.append(impl)
+        return real(*args, impl=impl, **kwargs)
+
+    monkeypatch.setattr(attention, "bidirectional_attention", spy)
+    x = torch.randn(2, 9, 32)
+    mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    enc = tiny().train()
+    reference = tiny(attn_impl="sdpa").train()
+    latents, tokens = enc(x, mask)
+    assert seen == ["math", "math"]
+    ref_latents, ref_tokens = reference(x, mask)
+    (latents.square().sum() + tokens.square().sum()).backward()
+    (ref_latents.square().sum() + ref_tokens.square().sum()).backward()
+    for (name, p), q in zip(enc.named_parameters(), reference.parameters()):
+        scale = q.grad.abs().max()  # relative to the largest entry: the squared loss makes large gradients
+        torch.testing.assert_close(p.grad / scale, q.grad / scale, atol=1e-5, rtol=0, msg=name)
+    seen.clear()
+    with torch.no_grad():
+        enc(x, mask)
+    assert seen == ["sdpa", "sdpa"]
+    # above the size limit the matrices kept for the backward would be large: SDPA keeps none
+    seen.clear()
+    monkeypatch.setattr(attention, "SHARED_SIMILARITY_MAX_ELEMENTS", 2 * 2 * 8 * 9 - 1)
+    enc(x, mask)
+    assert seen == ["sdpa", "sdpa"]
+
+
 def test_padding_mask_invariance():
     enc = tiny()
     torch.manual_seed(1)

@@ -12,13 +12,20 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from bixt.data.aan import AANFormatError, load_aan
-from bixt.data.images import SHAPE_CLASSES, BadImageError, build_image_datasets
+from bixt.data.builder import build_data
+from bixt.data.images import SHAPE_CLASSES, BadImageError
+from bixt.tasks.imagenet import DATA_TASK_KEYS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bixt" / "configs" / "imagenet"
 
 
 def data_cfg(name: str, **overrides):
     return OmegaConf.merge(OmegaConf.load(CONFIGS / "data" / f"{name}.yaml"), overrides)
+
+
+def build_image_datasets(cfg, img_size: int, **runtime):
+    """The task's data call on a ``data`` node, at ``img_size`` px."""
+    return build_data(OmegaConf.merge(cfg, {"img_size": img_size}), task_keys=DATA_TASK_KEYS, **runtime)
 
 
 def make_folder(root: Path, layout: dict[str, str], per_class: int = 2) -> Path:
@@ -150,6 +157,27 @@ def test_bad_val_image_is_found_when_the_data_is_built(tmp_path, caplog):
     assert str(bad) in caplog.text
     _, val, _ = build_image_datasets(data_cfg("folder", root=str(root), verify_val=False), 8)
     assert len(val) == 5  # the check can be turned off (found when read, as before)
+
+
+def test_bad_image_read_in_a_dataloader_worker_keeps_its_clean_message(tmp_path):
+    from torch.utils.data import DataLoader, Subset
+
+    from bixt.data.images import ImageFolderDataset
+
+    root = make_folder(tmp_path, {"train": "ab"}, per_class=1)
+    bad = root / "train" / "b" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    dataset = ImageFolderDataset(root / "train")
+    index = [p for p, _ in dataset.samples].index(str(bad))
+    with pytest.raises(BadImageError) as in_process:
+        dataset[index]
+    loader = DataLoader(Subset(dataset, [index]), batch_size=None, num_workers=1)
+    with pytest.raises(BadImageError) as from_worker:
+        next(iter(loader))
+    # torch rebuilds the worker's error from its traceback text; the message is the original one
+    assert "DataLoader worker" in str(from_worker.value) and "Traceback" in str(from_worker.value)
+    assert from_worker.value.message == in_process.value.message == str(in_process.value)
+    assert "broken.png" in from_worker.value.message and "on_bad_image=skip" in from_worker.value.message
 
 
 # ----------------------------------------------------------------------------- HF image datasets

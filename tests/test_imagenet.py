@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import bixt  # noqa: F401
-from bixt.tasks.imagenet import check_required
-from bixt.data.images import (BadImageError, HFImageDataset, ImageFolderDataset, ShapesDataset,
-                              build_image_datasets, generate_shapes)
+from bixt.data.builder import build_data
+from bixt.data.images import BadImageError, HFImageDataset, ImageFolderDataset, ShapesDataset, generate_shapes
+from bixt.tasks.imagenet import DATA_TASK_KEYS, check_required
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bixt" / "configs" / "imagenet"
@@ -119,7 +119,7 @@ def test_hf_dataset_from_disk(tmp_path):
                                "validation": datasets.Dataset.from_dict(split(3), features=features)})
     dd.save_to_disk(str(tmp_path / "hf"))
     cfg = compose("data=hf", f"data.path={tmp_path / 'hf'}", "data.img_size=32").data
-    train, val, num_classes = build_image_datasets(cfg, 32)
+    train, val, num_classes = build_data(cfg, task_keys=DATA_TASK_KEYS)
     assert num_classes == 3 and len(train) == 6 and len(val) == 3
     img, label = val[1]
     assert img.shape == (3, 32, 32) and label == 1
@@ -136,7 +136,8 @@ def test_official_recipe_and_ft384_presets_compose():
 
     cfg = compose("experiment=bixt_ti_l64_p16_in1k", "data.root=/data/imagenet")
     ocfg, tcfg = optim_config(cfg), trainer_config(cfg)
-    assert cfg.model.name == "bixt_ti_l64_p16" and cfg.data.source == "folder" and cfg.data.img_size == 224
+    assert cfg.model.name == "bixt_ti_l64_p16" and cfg.data.img_size == 224
+    assert cfg.data._target_ == "bixt.data.images.folder_image_data"
     assert (ocfg.name, ocfg.eps, ocfg.weight_decay, ocfg.min_lr, ocfg.warmup_lr) == ("lambc", 1e-8, 0.05, 1e-5, 1e-6)
     assert ocfg.sched == "cosine" and ocfg.sched_on_epochs and ocfg.warmup_epochs == 5 and tcfg.epochs == 800
     assert scaled_lr(ocfg, 1024) == pytest.approx(2.5e-3) and scaled_lr(ocfg, 4096) == pytest.approx(5e-3)

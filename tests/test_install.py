@@ -62,6 +62,12 @@ TASKS = {
          "trainer.batch_size=4", "trainer.eval_batch_size=8", "trainer.log_every=0", "data.train_size=16",
          "data.val_size=8", "data.test_size=8"],
     ),
+    "ade20k_semseg": (
+        ["data: ade20k, ade20k_hf, scenes", "experiment: ade20k_linear, ade20k_semfpn"],
+        ["model.backbone_kwargs.embed_dim=32", "model.backbone_kwargs.depth=3", "model.backbone_kwargs.num_heads=2",
+         "model.backbone_kwargs.num_latents=8", "data.train_size=16", "data.val_size=8", "trainer.epochs=1",
+         "trainer.batch_size=8", "trainer.log_every=0"],
+    ),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from bixt.data.modelnet import (SOLID_CLASSES, ModelNetDataError, PointClassificationDataset, build_modelnet_datasets,
+from bixt.data.modelnet import (SOLID_CLASSES, ModelNetDataError, PointClassificationDataset,
                                 load_modelnet40, make_solids, read_shape_file)
 from bixt.tasks.modelnet40_cls import build_model, train
 
@@ -156,11 +156,11 @@ def test_model_choices_build_and_run():
             out = net(torch.randn(2, 32, 3 + in_features))
             assert out.shape == (2, 5)
     cfg = _compose([])
-    assert cfg.data.name == "solids" and cfg.model.tokenizer._target_.endswith("PointGroupTokenizer")
+    assert cfg.data._target_.endswith(".solids_data") and cfg.model.tokenizer._target_.endswith("PointGroupTokenizer")
     assert not cfg.model.encoder.update_tokens_last and cfg.data.num_points == 1024
     assert _compose(["eval_only=true", "resume=true"]).trainer.eval_only is True
     full = _compose(["experiment=modelnet40", "data.root=/x"])
-    assert full.data.name == "modelnet40" and full.model.tokenizer.num_groups == 128
+    assert full.data._target_ == "bixt.data.modelnet.modelnet40_data" and full.model.tokenizer.num_groups == 128
 
 
 def test_embedded_run_is_reproducible_and_writes_a_run_dir(tmp_path):

@@ -10,17 +10,10 @@ import torch_geometric.transforms as T
 from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 
-from bixt.data.shapenet import (
-    IGNORE_LABEL,
-    SHAPENET_FOLDER,
-    SYNTHETIC_INFO,
-    NormalizeScale,
-    PointCloudDataset,
-    build_point_transform,
-    collate_point_clouds,
-    load_shapenetpart,
-    make_synthetic_partseg,
-)
+from bixt.data.partseg import (IGNORE_LABEL, NormalizeScale, PointCloudDataset, build_point_transform,
+                               collate_point_clouds)
+from bixt.data.partseg_shapes import SYNTHETIC_INFO, make_synthetic_partseg
+from bixt.data.shapenetpart import SHAPENET_FOLDER, load_shapenetpart
 
 # Procedural categories re-labelled into ShapeNetPart's global label space.
 _TO_SHAPENET = {
@@ -178,7 +171,7 @@ def test_coincident_points_never_become_nan():
     assert torch.equal(normalised.pos, torch.zeros(64, 3))  # at the origin, finite (PyG's gives NaN)
     other = Data(pos=samples[1].pos.clone())  # any other cloud: exactly PyG's result
     assert torch.equal(NormalizeScale()(other.clone()).pos, T.NormalizeScale()(other.clone()).pos)
-    dataset = PointCloudDataset(samples, build_point_transform(32, False), names=["flat.txt", "ok.txt"])
+    dataset = PointCloudDataset(samples, transform=build_point_transform(32, False), names=["flat.txt", "ok.txt"])
     with pytest.raises(ValueError, match=r"flat.txt has 64 point\(s\), all at"):
         dataset[0]
     assert torch.isfinite(dataset[1].pos).all()
@@ -202,7 +195,7 @@ def test_missing_split_file_and_shape_file(tmp_path):
 
 def test_cloud_smaller_than_group_count_names_the_sample(shapenet_folder, tmp_path):
     train, names, _ = load_shapenetpart(shapenet_folder, "train", cache_dir=tmp_path / "cache")
-    dataset = PointCloudDataset(train, build_point_transform(512, True), names, min_points=1000)
+    dataset = PointCloudDataset(train, transform=build_point_transform(512, True), names=names, min_points=1000)
     with pytest.raises(ValueError, match="fewer than the 1000 the model needs") as info:
         dataset[0]
     assert names[0] in str(info.value)
@@ -242,7 +235,7 @@ def test_synthetic_set_is_deterministic_and_well_formed():
 
 def test_collate_pads_variable_clouds_and_eval_sampling_is_fixed():
     samples = make_synthetic_partseg(3, seed=0, points=(50, 90))
-    dataset = PointCloudDataset(samples, build_point_transform(None, False), include_normals=True)
+    dataset = PointCloudDataset(samples, transform=build_point_transform(None, False), include_normals=True)
     batch = collate_point_clouds([dataset[i] for i in range(3)])
     sizes = [s.pos.shape[0] for s in samples]
     assert batch["pos"].shape == (3, max(sizes), 3) and batch["features"].shape == (3, max(sizes), 3)
@@ -250,7 +243,7 @@ def test_collate_pads_variable_clouds_and_eval_sampling_is_fixed():
     assert bool((batch["labels"][~batch["point_mask"]] == IGNORE_LABEL).all())
     assert batch["category"].tolist() == [0, 1, 2]
     # Fixed-seed evaluation sampling: same subsample every time, and the source stays untouched.
-    fixed = PointCloudDataset(samples, build_point_transform(32, False), fixed_seed=0)
+    fixed = PointCloudDataset(samples, transform=build_point_transform(32, False), fixed_seed=0)
     torch.manual_seed(1)
     first = fixed[0].pos
     torch.manual_seed(2)

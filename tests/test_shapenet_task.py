@@ -40,11 +40,11 @@ def _run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def test_default_composition_is_the_embedded_set():
     cfg = _compose([])
-    assert cfg.data.name == "synthetic" and cfg.model.encoder.update_tokens_last
+    assert cfg.data._target_ == "bixt.data.shapenet.synthetic_partseg_data" and cfg.model.encoder.update_tokens_last
     assert cfg.model.tokenizer._target_.endswith("PointGroupTokenizer")
     assert _compose(["data=shapenetpart", "data.root=/x"]).data.num_points == 2048
     full = _compose(["experiment=shapenetpart", "data.root=/x"])
-    assert full.data.name == "shapenetpart" and full.model.tokenizer.num_groups == 128
+    assert full.data._target_ == "bixt.data.shapenet.shapenetpart_data" and full.model.tokenizer.num_groups == 128
 
 
 def test_same_seed_same_result(tmp_path):

@@ -16,6 +16,9 @@ from timm.layers import register_notrace_module
 from torch import nn
 
 ATTN_IMPLS = ("auto", "math", "sdpa")
+#: ``attn_impl="auto"`` trains through the shared similarity while it has at most this many
+#: elements (B * heads * latents * tokens); above, through SDPA, which keeps no attention matrices.
+SHARED_SIMILARITY_MAX_ELEMENTS = 1 << 24
 
 
 def _split_heads(x: torch.Tensor, parts: int, num_heads: int) -> tuple[torch.Tensor, ...]:
@@ -92,13 +95,19 @@ class BiCrossAttention(nn.Module):
         self.proj_latents = nn.Linear(attn_dim, latent_dim)
         self.proj_tokens = None if one_sided else nn.Linear(attn_dim, token_dim)
 
-    def _impl(self, need_maps: bool) -> str:
-        if need_maps:
+    def _impl(self, need_maps: bool, r_lat: torch.Tensor, r_tok: torch.Tensor) -> str:
+        if need_maps or self.attn_impl == "math":
             return "math"
-        # "auto": two fused SDPA calls, although they compute the similarity twice: the explicit path
-        # materialises S and softmaxes it along a strided axis, which measured slower on CPU
-        # (benchmarks/perf.py keeps the explicit path as its plain-ops reference).
-        return "math" if self.attn_impl == "math" else "sdpa"
+        if self.attn_impl == "sdpa":
+            return "sdpa"
+        # "auto". While autograd records, one shared similarity runs 9 matrix products per step
+        # (forward and backward) where two SDPA calls run 14, each recomputing it, so it wins as long
+        # as the matrices it keeps for the backward stay small (long sequences: SDPA's kernels keep
+        # none). In inference SDPA's fused kernels win: the explicit path softmaxes along a strided axis.
+        batch, heads, num_latents, _ = r_lat.shape
+        if r_lat.requires_grad and batch * heads * num_latents * r_tok.shape[-2] <= SHARED_SIMILARITY_MAX_ELEMENTS:
+            return "math"
+        return "sdpa"
 
     def forward(
         self,
@@ -117,7 +126,7 @@ class BiCrossAttention(nn.Module):
             r_lat, v_lat = _split_heads(self.rv_latents(latents), 2, h)
         r_tok, v_tok = _split_heads(self.rv_tokens(tokens), 2, h)
         lat, tok, maps = bidirectional_attention(
-            r_lat, v_lat, r_tok, v_tok, token_mask, impl=self._impl(return_attention)
+            r_lat, v_lat, r_tok, v_tok, token_mask, impl=self._impl(return_attention, r_lat, r_tok)
         )
         lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"))
         if tok is not None:

@@ -69,7 +69,8 @@ class BiXTEncoder(nn.Module):
         update_tokens_last: False makes the last layer one-sided (latents read, tokens untouched),
             as in the classification models; dense tasks need True.
         grad_checkpointing: recompute each layer in backward to save activation memory.
-        attn_impl: "auto" | "math" | "sdpa" for the cross-attention kernels.
+        attn_impl: "auto" | "math" | "sdpa" for the cross-attention kernels (auto: the shared
+            similarity in training while it is small, SDPA otherwise; see BiCrossAttention).
 
     ``forward(tokens, token_mask=None, return_attention=False)`` takes tokens (B, N, token_dim) and an
     optional bool ``token_mask`` (B, N), True for real tokens. Padded tokens are invisible to the

@@ -21,8 +21,8 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from bixt.data.errors import DataError
 from bixt.data.tsv import check_data_folder, file_fingerprint, has_rows, load_tsv_split, prepare_cache_dir
-from bixt.data.tsv import default_cache_dir as tsv_cache_dir
 from bixt.tokenizers.text import ByteTokenizer
 
 SPLITS = ("train", "eval", "test")
@@ -32,7 +32,7 @@ COLUMNS = ("label", "id1", "id2", "text1", "text2")
 READER_VERSION = "1"
 
 
-class AANFormatError(ValueError):
+class AANFormatError(DataError, ValueError):
     """A malformed row in an AAN TSV file; the message names the file and line."""
 
 
@@ -125,10 +125,6 @@ def iter_aan_tsv(path: Union[str, Path]) -> Iterator[dict]:
 
 def _file_fingerprint(path: Path) -> str:
     return file_fingerprint(path, f"aan-v{READER_VERSION}")
-
-
-def default_cache_dir() -> Path:
-    return tsv_cache_dir("aan")
 
 
 def load_aan_split(path: Union[str, Path], cache_dir: Union[str, Path], split: Optional[str] = None):
@@ -315,6 +311,30 @@ def load_embedded(
         raw = Dataset.from_dict({k: columns[k] for k in ("label", "text1", "text2")})
         out[split] = tokenize_pairs(raw, tokenizer)
     return out
+
+
+# The task's data builders, named by ``_target_`` in bixt/configs/lra_retrieval/data/*.yaml (which
+# hold every default): each returns ``{"train", "eval", "test"}`` splits formatted for batching.
+def _model_inputs(splits: dict) -> dict:
+    return {name: split.with_format("numpy") for name, split in splits.items()}
+
+
+def aan_data(*, root: Optional[str], cache_dir: Optional[str], max_len: int) -> dict:
+    """The LRA release files ``root/new_aan_pairs.{train,eval,test}.tsv`` (:func:`load_aan`)."""
+    if not root:
+        raise ValueError("data=aan needs data.root=DIR, the folder holding new_aan_pairs.{train,eval,test}.tsv")
+    return _model_inputs(load_aan(root, max_len=max_len, cache_dir=cache_dir))
+
+
+def embedded_retrieval_data(*, seed: int, train_size: int, eval_size: int, test_size: int, max_len: int,
+                            min_bytes: int, max_bytes: int, num_topics: int, topics_per_doc: int,
+                            topic_word_rate: float, hard_negative_rate: float) -> dict:
+    """The synthetic matching set (:func:`generate_retrieval_pairs`), tokenised as the files are."""
+    return _model_inputs(load_embedded(
+        {"train": train_size, "eval": eval_size, "test": test_size}, seed=seed, max_len=max_len,
+        min_bytes=min_bytes, max_bytes=max_bytes, num_topics=num_topics, topics_per_doc=topics_per_doc,
+        topic_word_rate=topic_word_rate, hard_negative_rate=hard_negative_rate,
+    ))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Image classification data: the embedded shapes set, ImageNet-style folders, local HF datasets.
 
-All three give map-style datasets of ``(image tensor (3, H, W), label)`` pairs; use
-:func:`build_image_datasets` to get ``(train, val, num_classes)`` from a ``data`` config.
+All three give map-style datasets of ``(image tensor (3, H, W), label)`` pairs;
+:func:`embedded_image_data`, :func:`folder_image_data` and :func:`hf_image_data` (the ``_target_``
+of each ``data`` config) give ``(train, val, num_classes)``.
 
 * ``embedded`` (:class:`ShapesDataset`): procedurally generated, deterministic from a seed, no
   files and no network. Ten shape classes (disk, ring, square, frame, triangle, plus, flower,
@@ -29,7 +30,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,14 +39,17 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, get_img_extensions
 from torch.utils.data import Dataset
 
+from bixt.data.errors import DataError
+from bixt.data.hf import load_local_splits
+
 log = logging.getLogger(__name__)
 
 SHAPE_CLASSES = ("disk", "ring", "square", "frame", "triangle", "plus", "flower", "two_dots", "ellipse",
                  "half_disk")
 
 
-class BadImageError(RuntimeError):
-    """An image file that cannot be read or decoded (the message names the file)."""
+class BadImageError(DataError, RuntimeError):
+    """An image file that cannot be read or decoded (``message`` names the file, also from a DataLoader worker)."""
 
 
 # ------------------------------------------------------------------------------------ embedded data
@@ -439,46 +443,36 @@ class HFImageDataset(_BadImagePolicy, Dataset):
 
 def hf_class_names(split, label_column: str) -> Optional[list[str]]:
     """The ``ClassLabel`` names of a split's label column, or None when it has none."""
+    from datasets import ClassLabel
+
     feature = split.features.get(label_column)
-    names = getattr(feature, "names", None)
-    return list(names) if names else None
+    return list(feature.names) if isinstance(feature, ClassLabel) and feature.names else None
 
 
 # ------------------------------------------------------------------------------------ from config
-def image_transforms(data_cfg: Any, img_size: int) -> tuple[Callable, Callable]:
+# The task's data builders, named by ``_target_`` in bixt/configs/imagenet/data/*.yaml (which hold
+# every default). Each returns ``(train, val, num_classes)``; ``train`` is ``None`` when
+# ``eval_only`` (nothing is read or generated for it). ``class_names`` (e.g. stored with a
+# checkpoint) fixes the labels: label i is ``class_names[i]``; a class folder (or ``ClassLabel``
+# name) not in the list is an error, a listed class missing from the data just has no samples.
+# Without it, labels follow the sorted class folders of ``train/`` (of ``val/`` when evaluating
+# without ``train/``). Every returned dataset has ``.classes`` (index -> name). The file-backed
+# builders check the validation images' headers (``verify_val``), so that a bad file is named
+# (``on_bad_image=fail``) or dropped (``skip``) before any training.
+ImageData = tuple[Optional[Dataset], Dataset, int]
+
+
+def image_transforms(*, img_size: int, aug: Mapping[str, Any], mean: Sequence[float],
+                     std: Sequence[float]) -> tuple[Callable, Callable]:
     """timm's training and evaluation transforms for the ``data.aug`` settings."""
-    aug = data_cfg.aug
-    mean, std = tuple(data_cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(data_cfg.get("std", IMAGENET_DEFAULT_STD))
+    mean, std = tuple(mean), tuple(std)
     train = create_transform(
-        img_size, is_training=True, scale=tuple(aug.scale), ratio=tuple(aug.ratio), hflip=aug.hflip,
-        color_jitter=aug.color_jitter, auto_augment=aug.auto_augment or None, interpolation=aug.interpolation,
-        re_prob=aug.re_prob, mean=mean, std=std)
-    val = create_transform(img_size, is_training=False, interpolation=aug.interpolation, crop_pct=aug.crop_pct,
+        img_size, is_training=True, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]), hflip=aug["hflip"],
+        color_jitter=aug["color_jitter"], auto_augment=aug["auto_augment"] or None,
+        interpolation=aug["interpolation"], re_prob=aug["re_prob"], mean=mean, std=std)
+    val = create_transform(img_size, is_training=False, interpolation=aug["interpolation"], crop_pct=aug["crop_pct"],
                            mean=mean, std=std)
     return train, val
-
-
-def _load_hf(data_cfg: Any):
-    import datasets
-
-    if not data_cfg.get("path"):
-        raise ValueError("data=hf needs data.path=DIR, a local Hugging Face dataset (datasets.save_to_disk output, "
-                         "or a local data folder / script for datasets.load_dataset); nothing is downloaded")
-    path = Path(str(data_cfg.path))
-    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
-        ds = datasets.load_from_disk(str(path))
-    elif path.exists():
-        ds = datasets.load_dataset(str(path), **dict(data_cfg.get("load_kwargs") or {}))
-    else:
-        raise FileNotFoundError(f"data.path={str(path)!r} does not exist; give a local dataset directory "
-                                "(datasets.save_to_disk output or a local data folder/script): nothing is downloaded")
-    if not isinstance(ds, datasets.DatasetDict):
-        raise ValueError(f"{path} holds a single split; save a DatasetDict with "
-                         f"{data_cfg.train_split!r} and {data_cfg.val_split!r} splits")
-    for split in (data_cfg.train_split, data_cfg.val_split):
-        if split not in ds:
-            raise KeyError(f"{path} has no split {split!r}; splits: {list(ds)} (set data.train_split / data.val_split)")
-    return ds
 
 
 def folder_class_to_idx(root: Path) -> dict[str, int]:
@@ -498,43 +492,50 @@ def _checked_class_names(class_names: Optional[Sequence[str]]) -> Optional[list[
     return names
 
 
-def _checked_num_classes(data_cfg: Any, classes: Sequence[str], origin: str) -> int:
+def _checked_num_classes(wanted: Optional[int], classes: Sequence[str], origin: str) -> int:
     """``len(classes)``; a ``data.num_classes`` that disagrees is an error (it would fail later as
     'Target 2 is out of bounds', or train a head with classes that never occur)."""
-    wanted = data_cfg.get("num_classes")
     if wanted is not None and int(wanted) != len(classes):
         raise ValueError(f"data.num_classes={wanted} but {origin} give {len(classes)} classes {_listing(classes)}; "
                          f"set data.num_classes={len(classes)}, or null to take the count from the data")
     return len(classes)
 
 
-def _build_embedded(data_cfg: Any, img_size: int, eval_only: bool, class_names: Optional[list[str]]):
-    expected = list(SHAPE_CLASSES[:data_cfg.num_classes])
+def embedded_image_data(*, img_size: int, num_classes: int, train_size: int, val_size: int, seed: int,
+                        noise: float, eval_only: bool = False,
+                        class_names: Optional[Sequence[str]] = None) -> ImageData:
+    """The embedded shapes set (:class:`ShapesDataset`)."""
+    class_names = _checked_class_names(class_names)
+    expected = list(SHAPE_CLASSES[:num_classes])
     if class_names is not None and class_names != expected:
         raise ValueError(f"class_names {_listing(class_names)} do not match the embedded set's classes {expected} "
-                         f"(data.num_classes={data_cfg.num_classes}): its labels are fixed by the generator; "
+                         f"(data.num_classes={num_classes}): its labels are fixed by the generator; "
                          "evaluate that model on the data it was trained on")
-    common = dict(img_size=img_size, num_classes=data_cfg.num_classes, noise=data_cfg.noise)
+    common = dict(img_size=img_size, num_classes=num_classes, noise=noise)
     # distinct seeds: validation images are new draws, not copies of training ones
-    train = None if eval_only else ShapesDataset(data_cfg.train_size, seed=data_cfg.seed, train=True, **common)
-    val = ShapesDataset(data_cfg.val_size, seed=data_cfg.seed + 1_000_003, **common)
-    return train, val, data_cfg.num_classes
+    train = None if eval_only else ShapesDataset(train_size, seed=seed, train=True, **common)
+    val = ShapesDataset(val_size, seed=seed + 1_000_003, **common)
+    return train, val, num_classes
 
 
-def _build_folder(data_cfg: Any, train_tf: Callable, val_tf: Callable, eval_only: bool,
-                  class_names: Optional[list[str]]):
-    if not data_cfg.get("root"):
+def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, img_size: int,
+                      num_classes: Optional[int], on_bad_image: str, verify_val: bool, mean: Sequence[float],
+                      std: Sequence[float], aug: Mapping[str, Any], eval_only: bool = False,
+                      class_names: Optional[Sequence[str]] = None) -> ImageData:
+    """ImageNet-style folders ``root/<train_split>/<class>/*`` and ``root/<val_split>/<class>/*``."""
+    class_names = _checked_class_names(class_names)
+    train_tf, val_tf = image_transforms(img_size=img_size, aug=aug, mean=mean, std=std)
+    if not root:
         raise ValueError("data=folder needs data.root=DIR holding train/<class>/ and val/<class>/ image folders")
-    root = Path(str(data_cfg.root))
-    train_dir, val_dir = root / data_cfg.train_split, root / data_cfg.val_split
-    policy = data_cfg.on_bad_image
+    root = Path(str(root))
+    train_dir, val_dir = root / train_split, root / val_split
     class_to_idx, origin = None, f"the class folders of {train_dir}"
     if class_names is not None:
         class_to_idx = {c: i for i, c in enumerate(class_names)}
         origin = "class_names"
     train = None
     if not eval_only:
-        train = ImageFolderDataset(train_dir, train_tf, class_to_idx, policy, classes_from=origin)
+        train = ImageFolderDataset(train_dir, train_tf, class_to_idx, on_bad_image, classes_from=origin)
         absent = sorted(set(train.classes) - set(class_folders(train_dir)))
         if absent:
             log.warning("classes %s of class_names have no folder in %s: the model never sees them in training",
@@ -547,39 +548,48 @@ def _build_folder(data_cfg: Any, train_tf: Callable, val_tf: Callable, eval_only
         log.warning("evaluating without %s and without a class list: labels follow the class folders of %s in "
                     "natural order; if that folder lacks a class the model was trained on, every later label is "
                     "shifted (keep the training folder, or pass the model's class names)", train_dir, val_dir)
-    val = ImageFolderDataset(val_dir, val_tf, class_to_idx, policy, allow_empty_classes=True, classes_from=origin)
-    return train, val, _checked_num_classes(data_cfg, val.classes, origin)
+    val = ImageFolderDataset(val_dir, val_tf, class_to_idx, on_bad_image, allow_empty_classes=True,
+                             classes_from=origin)
+    num_classes = _checked_num_classes(num_classes, val.classes, origin)
+    if verify_val:
+        val.verify_files(f"the validation set {val.root}")
+    return train, val, num_classes
 
 
-def _build_hf(data_cfg: Any, train_tf: Callable, val_tf: Callable, eval_only: bool,
-              class_names: Optional[list[str]]):
-    ds = _load_hf(data_cfg)
-    splits = {"train": data_cfg.train_split, "val": data_cfg.val_split}
-    names = {key: hf_class_names(ds[split], data_cfg.label_column) for key, split in splits.items()}
+def hf_image_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any]], image_column: str,
+                  label_column: str, train_split: str, val_split: str, img_size: int, num_classes: Optional[int],
+                  on_bad_image: str, verify_val: bool, mean: Sequence[float], std: Sequence[float],
+                  aug: Mapping[str, Any], eval_only: bool = False,
+                  class_names: Optional[Sequence[str]] = None) -> ImageData:
+    """A local Hugging Face image dataset (``save_to_disk`` output or a local ``load_dataset`` folder)."""
+    class_names = _checked_class_names(class_names)
+    train_tf, val_tf = image_transforms(img_size=img_size, aug=aug, mean=mean, std=std)
+    ds = load_local_splits(path, (train_split, val_split), option="hf", load_kwargs=load_kwargs)
+    splits = {"train": train_split, "val": val_split}
+    names = {key: hf_class_names(ds[split], label_column) for key, split in splits.items()}
     own = names["train"] or names["val"]  # the data set's own class names, if its labels have any
     if eval_only:
         del splits["train"]  # nothing is read from it
     if class_names is None and names["train"] and names["val"] and names["train"] != names["val"]:
-        raise ValueError(f"{data_cfg.path}: the {data_cfg.train_split!r} and {data_cfg.val_split!r} splits name "
+        raise ValueError(f"{path}: the {train_split!r} and {val_split!r} splits name "
                          f"their classes differently ({_listing(names['train'])} vs {_listing(names['val'])})")
     label_map = None
     if class_names is not None and own is not None:  # match the data set's class names to the given list
         unknown = [c for c in own if c not in class_names]
         if unknown:
-            raise ValueError(f"{data_cfg.path}: classes {_listing(unknown)} of column {data_cfg.label_column!r} are "
+            raise ValueError(f"{path}: classes {_listing(unknown)} of column {label_column!r} are "
                              f"not in class_names {_listing(class_names)}")
         label_map = [class_names.index(c) for c in own]
-    kw = dict(image_column=data_cfg.image_column, label_column=data_cfg.label_column,
-              on_bad_image=data_cfg.on_bad_image, label_map=label_map)
+    kw = dict(image_column=image_column, label_column=label_column, on_bad_image=on_bad_image, label_map=label_map)
     tfs = {"train": train_tf, "val": val_tf}
-    sets = {key: HFImageDataset(ds[split], transform=tfs[key], name=f"{data_cfg.path}:{split}", **kw)
+    sets = {key: HFImageDataset(ds[split], transform=tfs[key], name=f"{path}:{split}", **kw)
             for key, split in splits.items()}
     if class_names is not None or own is not None:
         classes = class_names or own
-        num_classes = _checked_num_classes(data_cfg, classes, "class_names" if class_names else
-                                           f"the ClassLabel names of column {data_cfg.label_column!r}")
+        num_classes = _checked_num_classes(num_classes, classes, "class_names" if class_names else
+                                           f"the ClassLabel names of column {label_column!r}")
     else:  # bare integer labels: data.num_classes, or as many as the largest label needs
-        num_classes = data_cfg.get("num_classes") or 1 + max(max(s.labels, default=0) for s in sets.values())
+        num_classes = num_classes or 1 + max(max(s.labels, default=0) for s in sets.values())
         classes = [f"class_{i}" for i in range(num_classes)]
     for dataset in sets.values():
         dataset.classes = list(classes)
@@ -587,32 +597,7 @@ def _build_hf(data_cfg: Any, train_tf: Callable, val_tf: Callable, eval_only: bo
         if top >= num_classes:
             raise ValueError(f"{dataset.name}: label {top} (row {dataset.labels.index(top)}) is out of range for "
                              f"data.num_classes={num_classes}; set data.num_classes to at least {top + 1}, or null")
-    return sets.get("train"), sets["val"], num_classes
-
-
-def build_image_datasets(data_cfg: Any, img_size: int, eval_only: bool = False,
-                         class_names: Optional[Sequence[str]] = None) -> tuple[Optional[Dataset], Dataset, int]:
-    """``(train, val, num_classes)`` for ``data.source`` in embedded | folder | hf.
-
-    ``train`` is ``None`` when ``eval_only`` (nothing is read or generated for it). ``class_names``
-    (e.g. stored with a checkpoint) fixes the labels: label i is ``class_names[i]``; a class folder
-    (or ``ClassLabel`` name) not in the list is an error, a listed class missing from the data just
-    has no samples. Without it, labels follow the sorted class folders of ``train/`` (of ``val/``
-    when evaluating without ``train/``). Every returned dataset has ``.classes`` (index -> name).
-
-    The validation images' headers are checked here (``data.verify_val``), so that a bad file is
-    named (``data.on_bad_image=fail``) or dropped (``skip``) before any training.
-    """
-    class_names = _checked_class_names(class_names)
-    source = data_cfg.source
-    if source == "embedded":
-        return _build_embedded(data_cfg, img_size, eval_only, class_names)
-    if source not in ("folder", "hf"):
-        raise ValueError(f"data.source must be embedded, folder or hf; got {source!r}")
-    train_tf, val_tf = image_transforms(data_cfg, img_size)
-    build = _build_folder if source == "folder" else _build_hf
-    train, val, num_classes = build(data_cfg, train_tf, val_tf, eval_only, class_names)
-    if data_cfg.get("verify_val", True):
-        where = val.root if source == "folder" else val.name
-        val.verify_files(f"the validation set {where}")
-    return train, val, num_classes
+    val = sets["val"]
+    if verify_val:
+        val.verify_files(f"the validation set {val.name}")
+    return sets.get("train"), val, num_classes

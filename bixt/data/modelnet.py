@@ -20,12 +20,14 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bixt.data.cache import default_cache_dir
+from bixt.data.errors import DataError
 from bixt.data.surfaces import Parts, box, ellipsoid, frustum, hemisphere, rot_x, rot_y, rot_z, torus_arc, triangle
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ __all__ = [
     "read_shape_file",
     "load_modelnet40",
     "PointClassificationDataset",
-    "build_modelnet_datasets",
+    "solids_data",
+    "modelnet40_data",
 ]
 
 #: Name of PointNet++'s resampled ModelNet40 folder.
@@ -48,7 +51,7 @@ READER_VERSION = "1"
 _SHAPE_ID = re.compile(r"^(?P<cls>.+)_(?P<num>\d+)$")
 
 
-class ModelNetDataError(ValueError):
+class ModelNetDataError(DataError, ValueError):
     """A ModelNet40 input file is malformed or missing; the message names the file (and line)."""
 
 
@@ -156,12 +159,6 @@ def make_solids(num_shapes: int, seed: int = 0, split: str = "train", num_points
 # --------------------------------------------------------------------------------------------
 # ModelNet40 (modelnet40_normal_resampled)
 # --------------------------------------------------------------------------------------------
-def _default_cache_dir() -> Path:
-    from bixt.data.shapenet import _default_cache_dir as shared  # one cache root for every data set
-
-    return shared()
-
-
 def _find_modelnet_folder(root: str | os.PathLike, names_file: str) -> Path:
     root = Path(root).expanduser()
     for candidate in (root, root / MODELNET_FOLDER):
@@ -293,7 +290,7 @@ def load_modelnet40(root: str | os.PathLike, split: str = "train", num_points: i
     entries = _read_split(folder, split_name, classes)
     files = [folder / names_file, folder / split_name] + [e[0] for e in entries]
     key = _fingerprint(files, num_points, sampling)
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cache = cache_root / f"modelnet40-{hashlib.sha1(str(folder).encode()).hexdigest()[:12]}" / f"{split}-{key[:16]}.pt"
     names = [str(e[0]) for e in entries]
     if cache.is_file() and not force_reload:
@@ -322,7 +319,7 @@ class PointClassificationDataset(Dataset):
     (after normalisation), rotation about the up (y) axis within ``±rotate_degrees`` (normals too).
     """
 
-    def __init__(self, points: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], normals: bool = False,
+    def __init__(self, points: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *, normals: bool = False,
                  train: bool = False, scale: Optional[Sequence[float]] = (2 / 3, 3 / 2), translate: float = 0.2,
                  rotate_degrees: float = 0.0, names: Optional[Sequence[str]] = None) -> None:
         if points.dim() != 3 or points.shape[-1] != 6 or points.shape[0] != labels.shape[0]:
@@ -361,34 +358,35 @@ class PointClassificationDataset(Dataset):
         return torch.cat([pos, nrm], dim=1), self.labels[index]
 
 
-def build_modelnet_datasets(data_cfg) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
-    """Train and test sets from a ``data`` config node (``bixt/configs/modelnet40_cls/data``).
+def _augmentation(augment: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    augment = augment or {}
+    return dict(train=True, scale=augment.get("scale"), translate=float(augment.get("translate", 0.0)),
+                rotate_degrees=float(augment.get("rotate_degrees", 0.0)))
 
-    ``data_cfg.name`` is ``solids`` (the embedded set) or ``modelnet40`` (``root`` required).
-    """
-    name = data_cfg.get("name")
-    num_points = int(data_cfg.get("num_points", 1024))
-    augment = data_cfg.get("augment") or {}
-    common = dict(normals=bool(data_cfg.get("normals", False)))
-    train_kw = dict(common, train=True, scale=augment.get("scale"), translate=float(augment.get("translate", 0.0)),
-                    rotate_degrees=float(augment.get("rotate_degrees", 0.0)))
-    if name == "solids":
-        gen = dict(seed=int(data_cfg.get("seed", 0)), num_points=num_points, noise=float(data_cfg.get("noise", 0.02)),
-                   max_tilt_degrees=float(data_cfg.get("max_tilt_degrees", 15.0)))
-        train = PointClassificationDataset(*make_solids(int(data_cfg.train_size), split="train", **gen),
-                                           SOLID_CLASSES, **train_kw)
-        test = PointClassificationDataset(*make_solids(int(data_cfg.test_size), split="test", **gen),
-                                          SOLID_CLASSES, **common)
-        return train, test, list(SOLID_CLASSES)
-    if name == "modelnet40":
-        root = data_cfg.get("root")
-        if not root:
-            raise ValueError(f"data=modelnet40 needs data.root=DIR (the {MODELNET_FOLDER} folder)")
-        kw = dict(num_points=num_points, sampling=str(data_cfg.get("sampling", "first")),
-                  cache_dir=data_cfg.get("cache_dir"), force_reload=bool(data_cfg.get("force_reload", False)))
-        pts, lab, classes, names = load_modelnet40(root, "train", **kw)
-        train = PointClassificationDataset(pts, lab, classes, names=names, **train_kw)
-        pts, lab, test_classes, names = load_modelnet40(root, "test", **kw)
-        test = PointClassificationDataset(pts, lab, test_classes, names=names, **common)
-        return train, test, classes
-    raise ValueError(f"unknown data.name={name!r}; expected 'solids' or 'modelnet40'")
+
+# The task's data builders, named by ``_target_`` in bixt/configs/modelnet40_cls/data/*.yaml (which
+# hold every default): each returns ``(train, test, classes)``.
+def solids_data(*, seed: int, train_size: int, test_size: int, noise: float, max_tilt_degrees: float,
+                num_points: int, normals: bool, augment: Optional[Mapping[str, Any]],
+                ) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
+    """The embedded procedural solids (:func:`make_solids`)."""
+    gen = dict(seed=int(seed), num_points=int(num_points), noise=float(noise), max_tilt_degrees=float(max_tilt_degrees))
+    train = PointClassificationDataset(*make_solids(int(train_size), split="train", **gen), SOLID_CLASSES,
+                                       normals=bool(normals), **_augmentation(augment))
+    test = PointClassificationDataset(*make_solids(int(test_size), split="test", **gen), SOLID_CLASSES,
+                                      normals=bool(normals))
+    return train, test, list(SOLID_CLASSES)
+
+
+def modelnet40_data(*, root: Optional[str], cache_dir: Optional[str], force_reload: bool, num_points: int,
+                    sampling: str, normals: bool, augment: Optional[Mapping[str, Any]],
+                    ) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
+    """ModelNet40 from ``root`` (:func:`load_modelnet40`); its test split is the task's validation set."""
+    if not root:
+        raise ValueError(f"data=modelnet40 needs data.root=DIR (the {MODELNET_FOLDER} folder)")
+    kw = dict(num_points=int(num_points), sampling=str(sampling), cache_dir=cache_dir, force_reload=bool(force_reload))
+    pts, lab, classes, names = load_modelnet40(root, "train", **kw)
+    train = PointClassificationDataset(pts, lab, classes, names=names, normals=bool(normals), **_augmentation(augment))
+    pts, lab, test_classes, names = load_modelnet40(root, "test", **kw)
+    test = PointClassificationDataset(pts, lab, test_classes, names=names, normals=bool(normals))
+    return train, test, classes

@@ -1,5 +1,5 @@
 """Surface samplers of simple solids, shared by the embedded procedural point-cloud sets
-(:mod:`bixt.data.shapenet` part segmentation, :mod:`bixt.data.modelnet` classification).
+(:mod:`bixt.data.partseg_shapes` part segmentation, :mod:`bixt.data.modelnet` classification).
 
 Every sampler takes ``(rng, n)`` (after its shape arguments) and returns ``(points, normals)``,
 both (n, 3) float64, uniform over the surface by area; :class:`Parts` places several of them and

@@ -10,16 +10,12 @@ own error, not ``datasets``' wrapper, reaches the caller.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
+from bixt.data.cache import default_cache_dir
+
 PathLike = Union[str, Path]
-
-
-def default_cache_dir(name: str) -> Path:
-    """``$BIXT_CACHE/<name>`` or ``~/.cache/bixt/<name>``."""
-    return Path(os.environ.get("BIXT_CACHE", Path.home() / ".cache" / "bixt")) / name
 
 
 def file_fingerprint(path: PathLike, tag: str, options: str = "") -> str:
@@ -53,7 +49,7 @@ def check_data_folder(root: PathLike, files: list[str], what: str) -> Path:
 
 
 def prepare_cache_dir(cache_dir: Optional[PathLike], root: Path, name: str) -> Path:
-    """The cache folder (default :func:`default_cache_dir`), created, refused inside ``root``."""
+    """The cache folder (default ``$BIXT_CACHE/<name>``), created, refused inside ``root``."""
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(name)
     if cache_dir.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"cache_dir {cache_dir} lies inside the data folder {root}, which is only read; choose another")

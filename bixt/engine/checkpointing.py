@@ -224,6 +224,16 @@ def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
     return [str(c) for c in classes] if classes else None
 
 
+def run_checkpoint_classes(tcfg: Any) -> tuple[Path | None, list[str] | None]:
+    """The checkpoint a run evaluates (``eval_only``) or continues (``resume``), and the class names
+    stored in it, so that a task labels its data the way the model was trained; ``(None, None)`` for
+    a fresh run, ``(path, None)`` for a checkpoint without a class list."""
+    path = eval_weights_path(tcfg) if tcfg.eval_only else resolve_resume(tcfg.resume, tcfg.run_dir)
+    if path is None:
+        return None, None
+    return path, checkpoint_classes(path) if tcfg.eval_only else load_training_checkpoint(path).get("classes")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
     """Initial weights from an official or bixt checkpoint (zip, wrapped, ``module.``-prefixed...):
     :func:`bixt.checkpoint.load_weights_into` is the one home for that logic. Reports how many of

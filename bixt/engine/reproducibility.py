@@ -14,13 +14,14 @@ bit for bit (on CPU). Three sources of randomness are involved, each handled sep
 """
 from __future__ import annotations
 
-import contextlib
 import random
 from typing import Any, Iterable, Iterator, Sized
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from bixt.rng import host_rngs_restored, seed_host_rngs  # noqa: F401  (also part of this module's API)
 
 _MASK64 = (1 << 64) - 1
 
@@ -88,29 +89,6 @@ class SeededDataset(Dataset):
         epoch, index = key
         seed_host_rngs(_mix(self.seed, epoch, index))
         return self.dataset[index]
-
-
-def seed_host_rngs(seed: int) -> None:
-    """Seed ``random``, ``numpy`` and torch's CPU generator: what per-sample data code draws from.
-
-    The default generator directly: ``torch.manual_seed`` also visits every accelerator (~100x
-    slower, and it would move the GPU stream that dropout in training draws from).
-    """
-    random.seed(seed)
-    np.random.seed(seed & 0xFFFFFFFF)
-    torch.default_generator.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
-
-
-@contextlib.contextmanager
-def host_rngs_restored() -> Iterator[None]:
-    """Restore the ``random``, ``numpy`` and torch CPU generator states on exit."""
-    saved = (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.default_generator.set_state(saved[2])
 
 
 def rng_guarded(iterable: Iterable) -> Iterator:

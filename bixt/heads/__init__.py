@@ -1,1 +1,1 @@
-"""Task heads: classification from pooled latents, dense segmentation, retrieval."""
+"""Task heads: classification from pooled latents, dense image segmentation (linear, Semantic FPN), dense point segmentation, retrieval."""

@@ -55,7 +55,7 @@ class PartSegmentationHead(nn.Module):
         point_features: per-point input channels of the point embedding (3 for xyz, 6 with normals).
         hidden: width of the per-point classifier.
         category_dim / point_dim: widths of the category and point embeddings.
-        interp_k: centres per point in the interpolation.
+        interp_k: centres per point in the interpolation (not used when the tokens are the points).
         dropout: dropout inside the classifier.
     """
 
@@ -103,10 +103,15 @@ class PartSegmentationHead(nn.Module):
         features: Optional[torch.Tensor] = None,
         latents: Optional[torch.Tensor] = None,
         category: Optional[torch.Tensor] = None,
+        tokens_are_points: bool = False,
     ) -> torch.Tensor:
-        """Returns logits (B, N, num_classes); rows of padded points are garbage and must be masked."""
+        """Returns logits (B, N, num_classes); rows of padded points are garbage and must be masked.
+
+        ``tokens_are_points`` (the tokeniser's :attr:`~bixt.tokenizers.point.PointTokens.tokens_are_points`):
+        token i is point i, so each point reads its own token and ``interp_k`` is not used.
+        """
         tokens = self.token_norm(tokens)
-        if centres is pos:  # one token per point (naive tokeniser): nothing to interpolate
+        if tokens_are_points:
             per_point = tokens
         else:
             per_point = interpolate_to_points(tokens, centres, pos, token_mask, self.interp_k)
@@ -140,7 +145,7 @@ class PointSegmenter(nn.Module):
 
     def __init__(self, tokenizer: nn.Module, encoder: nn.Module, head: PartSegmentationHead) -> None:
         super().__init__()
-        if not getattr(encoder, "update_tokens_last", True):
+        if not encoder.update_tokens_last:
             raise ValueError(
                 "the encoder's last layer does not refine the tokens (one-sided); build it with "
                 "update_tokens_last=True for dense prediction"
@@ -157,8 +162,8 @@ class PointSegmenter(nn.Module):
         category: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         point_tokens: PointTokens = self.tokenizer(pos, point_mask, features)
-        latents, tokens = self.encoder(point_tokens.tokens, point_tokens.encoder_mask)
+        latents, tokens = self.encoder(point_tokens.tokens, point_tokens.token_mask)
         return self.head(
-            tokens, point_tokens.encoder_mask, point_tokens.centres, pos,
-            features=features, latents=latents, category=category,
+            tokens, point_tokens.token_mask, point_tokens.centres, pos,
+            features=features, latents=latents, category=category, tokens_are_points=point_tokens.tokens_are_points,
         )

@@ -1,1 +1,1 @@
-"""Task metrics (part segmentation: instance / class mIoU under the ShapeNetPart protocol)."""
+"""Evaluators: classification (top-k, per class), part segmentation (ShapeNetPart mIoU), semantic segmentation (confusion matrix, mIoU)."""

@@ -223,7 +223,7 @@ class BiXT(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, _ = self._feature_indices(indices)
-        height, width = self.patch_embed.grid(*x.shape[-2:])
+        height, width = image_token_grid(x, self.patch_embed.stride)  # notrace: FX can trace this method
         latents, _, maps = self.encoder.forward_intermediates(
             self.tokenize(x), indices=take_indices, stop_early=stop_early or intermediates_only,
         )

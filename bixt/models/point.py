@@ -32,12 +32,12 @@ class PointClassifier(nn.Module):
         self.head = head
 
     def forward(self, points: torch.Tensor, point_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        in_features = int(getattr(self.tokenizer, "in_features", 0))
+        in_features = int(self.tokenizer.in_features)
         if points.dim() != 3 or points.shape[-1] < 3 + in_features:
             raise ValueError(f"points must have shape (batch, points, {3 + in_features}) (xyz + {in_features} "
                              f"feature channels), got {tuple(points.shape)}")
         pos = points[..., :3]
         features = points[..., 3:3 + in_features] if in_features else None
         tokens = self.tokenizer(pos, point_mask, features)
-        latents, _ = self.encoder(tokens.tokens, token_mask=tokens.encoder_mask)
+        latents, _ = self.encoder(tokens.tokens, token_mask=tokens.token_mask)
         return self.head(latents)

@@ -23,12 +23,16 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 from torch import nn
 
 import bixt  # noqa: F401  (registers the BiXT models with timm)
-from bixt.data.images import BadImageError, build_image_datasets
+from bixt.data.builder import build_data
+from bixt.data.images import BadImageError
 from bixt.engine import run, seed_everything, trainer_config
-from bixt.engine.checkpointing import checkpoint_classes, eval_weights_path, load_training_checkpoint, resolve_resume
+from bixt.engine.checkpointing import run_checkpoint_classes
 from bixt.tasks.classification import ClassificationAdapter
 
 log = logging.getLogger("bixt.tasks.imagenet")
+
+#: Keys of the ``data`` node read by the trainer (``num_workers``) and the adapter (``mixup``), not by its builder.
+DATA_TASK_KEYS = ("num_workers", "mixup")
 
 
 def build_model(model_cfg: DictConfig, num_classes: int) -> nn.Module:
@@ -76,11 +80,9 @@ def checkpoint_class_names(cfg: DictConfig) -> Optional[list[str]]:
     has no ``train/`` folder, labels follow the folders of ``val/``, which is warned about with the fix.
     """
     tcfg = trainer_config(cfg)
-    path = eval_weights_path(tcfg) if tcfg.eval_only else resolve_resume(tcfg.resume, tcfg.run_dir)
-    if path is None:
-        return None
-    classes = checkpoint_classes(path) if tcfg.eval_only else load_training_checkpoint(path).get("classes")
-    if classes is None and tcfg.eval_only and cfg.data.source == "folder" and cfg.data.get("root"):
+    path, classes = run_checkpoint_classes(tcfg)
+    # only folder data has a root
+    if path is not None and classes is None and tcfg.eval_only and cfg.data.get("root"):
         train_dir = Path(str(cfg.data.root)) / cfg.data.train_split
         if not train_dir.is_dir():
             log.warning("%s stores no class list (official weights?) and %s does not exist: labels follow the "
@@ -96,10 +98,10 @@ def train_imagenet(cfg: DictConfig) -> dict[str, float]:
     check_required(cfg)
     seed_everything(cfg.trainer.seed)
     class_names = checkpoint_class_names(cfg)
-    train_set, val_set, num_classes = build_image_datasets(cfg.data, cfg.data.img_size, eval_only=cfg.trainer.eval_only,
-                                                           class_names=class_names)
+    train_set, val_set, num_classes = build_data(cfg.data, task_keys=DATA_TASK_KEYS, eval_only=cfg.trainer.eval_only,
+                                                 class_names=class_names)
     model = build_model(cfg.model, num_classes)
-    classes = getattr(train_set if train_set is not None else val_set, "classes", None)
+    classes = (train_set if train_set is not None else val_set).classes  # every image data set names its classes
     return run(cfg, model, build_adapter(cfg, num_classes, classes), train_set, val_set)
 
 
@@ -107,12 +109,8 @@ def train_imagenet(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> Optional[float]:
     try:
         metrics = train_imagenet(cfg)
-    except BadImageError as err:
-        # a clean message naming the file, not a traceback (from a DataLoader worker the message
-        # carries the worker's traceback: keep its last line)
-        message = str(err).strip().splitlines()[-1]
-        message = message.split("BadImageError: ", 1)[-1]
-        raise SystemExit(f"error: {message}") from None
+    except BadImageError as err:  # a clean message naming the file, not a traceback (also from a worker)
+        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/top1")
 
 

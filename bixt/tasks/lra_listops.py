@@ -25,7 +25,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bixt.data.listops import DIGITS, NUM_CLASSES, ListOpsCollate, ListOpsFormatError, load_embedded, load_listops, vocabulary
+from bixt.data.builder import build_data
+from bixt.data.listops import DIGITS, NUM_CLASSES, ListOpsCollate, ListOpsFormatError, vocabulary
 from bixt.engine import run, seed_everything
 from bixt.models.text import SequenceClassifier
 from bixt.tasks.classification import ClassificationAdapter
@@ -40,24 +41,6 @@ def build_model(model_cfg: DictConfig, keep_parens: bool = False) -> SequenceCla
     return SequenceClassifier(encoder, head)
 
 
-def build_datasets(data_cfg: DictConfig) -> dict:
-    """``{"train", "val", "test"}`` tokenised ``datasets.Dataset`` splits for ``data.name``."""
-    common = dict(max_len=data_cfg.max_len, on_too_long=data_cfg.on_too_long, keep_parens=data_cfg.keep_parens)
-    if data_cfg.name == "listops":
-        if data_cfg.get("root") in (None, "", "???"):
-            raise ValueError("data=listops needs data.root=DIR, the folder holding basic_{train,val,test}.tsv")
-        splits = load_listops(data_cfg.root, cache_dir=data_cfg.get("cache_dir"), **common)
-    elif data_cfg.name == "embedded":
-        splits = load_embedded(
-            {"train": data_cfg.train_size, "val": data_cfg.val_size, "test": data_cfg.test_size},
-            seed=data_cfg.seed, max_depth=data_cfg.max_depth, max_args=data_cfg.max_args,
-            min_length=data_cfg.min_length, max_length=data_cfg.max_length, **common,
-        )
-    else:
-        raise ValueError(f"unknown data.name={data_cfg.name!r}; expected 'embedded' or 'listops'")
-    return {name: split.with_format("numpy", columns=["input_ids", "label"]) for name, split in splits.items()}
-
-
 def majority_rate(split) -> float:
     """Share (%) of the most frequent target: the accuracy of always answering it."""
     counts = Counter(int(y) for y in split["label"])
@@ -66,7 +49,7 @@ def majority_rate(split) -> float:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.trainer.seed)
-    splits = build_datasets(cfg.data)
+    splits = build_data(cfg.data, task_keys=("name",))  # name: the label of the test metrics
     lengths = {name: int(max((len(x) for x in split["input_ids"]), default=0)) for name, split in splits.items()}
     log.info("sequences: %s | longest (tokens): %s | majority class: train %.1f %%, test %.1f %%",
              ", ".join(f"{k} {len(v)}" for k, v in splits.items()), lengths,
@@ -84,7 +67,7 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = train(cfg)
     except ListOpsFormatError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/top1", float("nan"))
 
 

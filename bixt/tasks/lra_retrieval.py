@@ -27,7 +27,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from bixt.data.aan import RetrievalCollate, load_aan, load_embedded
+from bixt.data.aan import RetrievalCollate
+from bixt.data.builder import build_data
 from bixt.engine import run, seed_everything
 from bixt.heads.retrieval import DualEncoderRetriever
 
@@ -97,27 +98,9 @@ def build_model(model_cfg: DictConfig) -> DualEncoderRetriever:
     return DualEncoderRetriever(document_encoder, head)
 
 
-def build_datasets(data_cfg: DictConfig) -> dict:
-    """``{"train", "eval", "test"}`` tokenised ``datasets.Dataset`` splits for ``data.name``."""
-    if data_cfg.name == "aan":
-        if data_cfg.get("root") in (None, "", "???"):
-            raise ValueError("data=aan needs data.root=DIR, the folder holding new_aan_pairs.{train,eval,test}.tsv")
-        splits = load_aan(data_cfg.root, max_len=data_cfg.max_len, cache_dir=data_cfg.get("cache_dir"))
-    elif data_cfg.name == "embedded":
-        splits = load_embedded(
-            {"train": data_cfg.train_size, "eval": data_cfg.eval_size, "test": data_cfg.test_size},
-            seed=data_cfg.seed, max_len=data_cfg.max_len, min_bytes=data_cfg.min_bytes,
-            max_bytes=data_cfg.max_bytes, num_topics=data_cfg.num_topics, topics_per_doc=data_cfg.topics_per_doc,
-            topic_word_rate=data_cfg.topic_word_rate, hard_negative_rate=data_cfg.hard_negative_rate,
-        )
-    else:
-        raise ValueError(f"unknown data.name={data_cfg.name!r}; expected 'embedded' or 'aan'")
-    return {name: split.with_format("numpy") for name, split in splits.items()}
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.trainer.seed)
-    splits = build_datasets(cfg.data)
+    splits = build_data(cfg.data, task_keys=("name",))  # name: the label of the test metrics
     log.info("pairs: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     model = build_model(cfg.model)
     # named after the data set, so the engine reports e.g. `test_aan/accuracy`

@@ -22,9 +22,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bixt.data.modelnet import ModelNetDataError, build_modelnet_datasets
+from bixt.data.builder import build_data
+from bixt.data.modelnet import ModelNetDataError
 from bixt.engine import run, seed_everything, trainer_config
-from bixt.engine.checkpointing import checkpoint_classes, eval_weights_path, load_training_checkpoint, resolve_resume
+from bixt.engine.checkpointing import run_checkpoint_classes
 from bixt.models.point import PointClassifier
 from bixt.tasks.classification import ClassificationAdapter
 
@@ -61,21 +62,12 @@ def format_class_table(metrics: Mapping[str, float], prefix: str, classes: Seque
     return "\n".join(lines)
 
 
-def checkpoint_class_names(cfg: DictConfig) -> Optional[list[str]]:
-    """The class list stored in the checkpoint this run resumes or evaluates (None for a fresh run)."""
-    tcfg = trainer_config(cfg)
-    path = eval_weights_path(tcfg) if tcfg.eval_only else resolve_resume(tcfg.resume, tcfg.run_dir)
-    if path is None:
-        return None
-    return checkpoint_classes(path) if tcfg.eval_only else load_training_checkpoint(path).get("classes")
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Compose data, model and adapter from ``cfg`` and hand them to the engine."""
     check_points(cfg)
     seed_everything(cfg.trainer.seed)
-    train_set, test_set, classes = build_modelnet_datasets(cfg.data)
-    stored = checkpoint_class_names(cfg)
+    train_set, test_set, classes = build_data(cfg.data)
+    _, stored = run_checkpoint_classes(trainer_config(cfg))
     if stored is not None and list(stored) != list(classes):
         raise ValueError(f"the checkpoint was trained on the classes {stored}, the data has {classes}: labels would "
                          "not match; use the data the checkpoint was trained on")
@@ -97,7 +89,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     try:
         metrics = train(cfg)
     except ModelNetDataError as err:  # a bad input file: the message names it (and the line), no traceback
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/top1")
 
 

@@ -23,7 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from bixt.data.shapenet import IGNORE_LABEL, PartSegInfo, build_partseg_datasets, collate_point_clouds
+from bixt.data.builder import build_data
+from bixt.data.partseg import IGNORE_LABEL, PartSegInfo, collate_point_clouds
 from bixt.engine import run, seed_everything
 from bixt.heads.segmentation import PointSegmenter
 from bixt.metrics.partseg import PartSegEvaluator, format_category_table
@@ -81,7 +82,7 @@ def log_category_tables(metrics: Mapping[str, float], info: PartSegInfo) -> None
 
 def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.trainer.seed)
-    train_set, val_set, test_sets, info = build_partseg_datasets(cfg.data, min_points_for(cfg.model))
+    train_set, val_set, test_sets, info = build_data(cfg.data, min_points=min_points_for(cfg.model))
     in_features = 3 if cfg.data.get("normals", False) else 0
     model = build_model(cfg.model, info, in_features)
     adapter = PartSegAdapter(info, float(cfg.get("label_smoothing", 0.0)))

@@ -103,7 +103,7 @@ def farthest_point_sample(
     selected = torch.empty(batch, num_samples, dtype=torch.long, device=device)
     batch_index = torch.arange(batch, device=device)
     # Coordinate planes (3, B, N): the update below is then a few fused element-wise ops over (B, N)
-    # instead of a reduction over a length-3 inner axis, ~3x faster on CPU.
+    # instead of a reduction over a length-3 inner axis, which vectorises poorly on CPU.
     planes = pos.permute(2, 0, 1).contiguous()
     dist = torch.empty_like(min_dist)
     diff = torch.empty_like(min_dist)
@@ -166,19 +166,17 @@ def knn(
 class PointTokens:
     """What a point tokeniser hands to the encoder and, later, to a dense head.
 
-    tokens (B, G, D) and token_mask (B, G) go to the encoder; ``centres`` (B, G, 3) are the token
-    positions that a dense head interpolates from. ``all_real`` says the mask is known to be all
-    True without looking at it, so the encoder can skip its mask checks (a host sync on CUDA).
+    tokens (B, G, D) and token_mask (B, G) bool go to the encoder; ``token_mask`` is None when every
+    token is real, so the encoder skips its mask checks (a host sync on CUDA). ``centres`` (B, G, 3)
+    are the token positions a dense head reads. ``tokens_are_points``: token i is input point i
+    (``centres`` is the input ``pos``), so a dense head reads each point's own token instead of
+    interpolating from the nearest centres.
     """
 
     tokens: torch.Tensor
-    token_mask: torch.Tensor
+    token_mask: Optional[torch.Tensor]
     centres: torch.Tensor
-    all_real: bool = False
-
-    @property
-    def encoder_mask(self) -> Optional[torch.Tensor]:
-        return None if self.all_real else self.token_mask
+    tokens_are_points: bool = False
 
 
 def _mlp(dims: list[int], norm: bool = True) -> nn.Sequential:
@@ -279,8 +277,7 @@ class PointGroupTokenizer(nn.Module):
         x = self.fuse_point(x) + self.fuse_group(summary).unsqueeze(2)  # each point sees its group's summary
         tokens = self.fuse_mlp(x).max(dim=2).values + self.pos_embed(centres)
         # every group has a real centre (FPS picks real points only), so no token is padding
-        token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return PointTokens(tokens=tokens, token_mask=token_mask, centres=centres, all_real=True)
+        return PointTokens(tokens=tokens, token_mask=None, centres=centres)
 
 
 class PointwiseTokenizer(nn.Module):
@@ -308,11 +305,9 @@ class PointwiseTokenizer(nn.Module):
         tokens = self.pos_embed(pos)
         if self.feature_mlp is not None:
             tokens = tokens + self.feature_mlp(features)
-        if point_mask is None:
-            mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
-            return PointTokens(tokens=tokens, token_mask=mask, centres=pos, all_real=True)
-        tokens = tokens * point_mask.unsqueeze(-1).to(tokens.dtype)
-        return PointTokens(tokens=tokens, token_mask=point_mask, centres=pos)
+        if point_mask is not None:
+            tokens = tokens * point_mask.unsqueeze(-1).to(tokens.dtype)
+        return PointTokens(tokens=tokens, token_mask=point_mask, centres=pos, tokens_are_points=True)
 
 
 def _check_features(pos: torch.Tensor, features: Optional[torch.Tensor], in_features: int) -> None:

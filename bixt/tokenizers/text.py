@@ -74,7 +74,7 @@ class ByteTokenizer:
         vocab = {PAD_TOKEN: PAD_ID}
         vocab.update({chr(b): b + 1 for b in range(NUM_BYTES)})  # chr(b) == bytes([b]).decode("latin-1")
         # No pre-tokeniser: the whole document is one "word" that BPE (without merges) splits into
-        # characters, i.e. bytes; measured ~5x faster than a per-character Split pre-tokeniser.
+        # characters, i.e. bytes, in one pass, instead of one pre-token object per character.
         self.tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
         self.tokenizer.enable_truncation(max_length=self.max_len)
 

@@ -1,0 +1,406 @@
+"""ADE20K semantic segmentation data: the ``ADEChallengeData2016`` folder, a local Hugging Face
+``datasets`` copy, and the embedded procedural scenes, all as one :class:`SegmentationDataset`.
+
+* ``ade20k``: ``ADEChallengeData2016/images/{training,validation}/*.jpg`` and
+  ``annotations/{training,validation}/*.png``, paired by file stem (:func:`read_ade20k_split`). The
+  annotations hold 0 = "other" and 1..150 = the classes; with ``reduce_zero_label`` (the ADE20K
+  protocol) 0 becomes the ignore value 255 and k becomes k - 1. ``num_classes`` serves a folder in the
+  same layout with another label set. The folder is only read.
+* ``ade20k_hf``: a local ``datasets`` copy with an image and an annotation column
+  (``scene_parse_150``: ``image``, ``annotation``), ``save_to_disk`` output or a folder of parquet
+  files; same label rules.
+* ``scenes``: :mod:`bixt.data.scenes`, generated in memory (labels already 0..C-1).
+
+Samples are ``{"image": float (3, H, W) normalised with the ImageNet mean/std, "labels": long (H, W)
+(255 = ignore), "name": str}``. Checking every pixel of 20k annotations up front would take minutes,
+so label values are checked when a sample is loaded (:class:`ADE20KDataError` names the file, the
+value, its pixel count and the valid range); pairing, single-channel annotations and matching sizes
+are checked when the split is read (modes and sizes come from the PNG headers, no decoding).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from bixt.data.errors import DataError
+from bixt.data.hf import load_local_splits
+from bixt.data.scenes import SCENE_CLASSES, make_scenes
+from bixt.data.seg_transforms import IGNORE_INDEX, SegEvalTransform, SegTrainTransform, as_pair
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ADE20K_CLASSES", "ADE20KDataError", "ADE_FOLDER", "read_ade20k_split", "SegmentationDataset",
+           "scenes_data", "ade20k_data", "ade20k_hf_data", "class_names_for", "map_labels"]
+
+ADE_FOLDER = "ADEChallengeData2016"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: annotation modes that hold one value per pixel (a palette PNG stores indices, read as such)
+SINGLE_CHANNEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+#: The 150 classes of the ADE20K SceneParsing benchmark (objectInfo150), label k + 1 in the files.
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "glass", "clock", "flag",
+)
+assert len(ADE20K_CLASSES) == 150
+
+
+class ADE20KDataError(DataError, ValueError):
+    """A segmentation input is missing or malformed; the message names the file, what was found and
+    what was expected (``.message``: the same text in the main process when a DataLoader worker raised it)."""
+
+
+def class_names_for(num_classes: int) -> list[str]:
+    """The ADE20K names for 150 classes, ``class_<i>`` for another label set."""
+    if num_classes == len(ADE20K_CLASSES):
+        return list(ADE20K_CLASSES)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    names = list(names)
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+# ---------------------------------------------------------------------------------- label values
+def _value_counts(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if raw.dtype == np.uint8:  # the usual PNG: a bincount is much faster than np.unique
+        counts = np.bincount(raw.ravel(), minlength=256)
+        values = np.nonzero(counts)[0]
+        return values, counts[values]
+    return np.unique(raw, return_counts=True)
+
+
+def map_labels(raw: np.ndarray, num_classes: int, reduce_zero_label: bool, where: str) -> torch.Tensor:
+    """File values -> training labels (long, 255 = ignore), or :class:`ADE20KDataError` for a value
+    outside the label set, naming ``where``, the value, its pixel count and the valid range."""
+    values, counts = _value_counts(raw)
+    low, high = (1, num_classes) if reduce_zero_label else (0, num_classes - 1)
+    bad = [(int(v), int(c)) for v, c in zip(values, counts)
+           if not (low <= v <= high) and v != IGNORE_INDEX and not (reduce_zero_label and v == 0)]
+    if bad:
+        value, count = bad[0]
+        others = f" (and {len(bad) - 1} other bad value(s): {[v for v, _ in bad[1:6]]})" if len(bad) > 1 else ""
+        zero = "0 = other (ignored), " if reduce_zero_label else ""
+        raise ADE20KDataError(
+            f"{where}: label value {value} in {count} pixel(s){others}; expected {zero}{low}..{high} for "
+            f"data.num_classes={num_classes}, or {IGNORE_INDEX} (ignore). Set data.num_classes for a folder with "
+            "another label set, or fix the annotation")
+    labels = torch.from_numpy(raw.astype(np.int64, copy=False))
+    if reduce_zero_label:
+        labels = torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
+    return labels
+
+
+def _annotation_array(img: Image.Image, where: str) -> np.ndarray:
+    if img.mode not in SINGLE_CHANNEL_MODES:
+        raise ADE20KDataError(f"{where}: annotation has mode {img.mode} ({len(img.getbands())} channels); expected a "
+                              f"single-channel label image (PNG mode L, P or I;16) holding one class index per pixel. "
+                              "A colour-coded (RGB) mask must be converted to class indices first")
+    # a palette (P) PNG stores the class index as the palette index: np.asarray reads the index, not the colour
+    return np.asarray(img)
+
+
+# ---------------------------------------------------------------------------------- folder reader
+def ade_root(root: str | os.PathLike) -> Path:
+    """The ``ADEChallengeData2016`` folder: ``root`` itself or the one inside it."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root={str(root)!r} does not exist; expected the extracted {ADE_FOLDER} folder "
+                                "(images/{training,validation}, annotations/{training,validation}) or its parent")
+    for candidate in (root, root / ADE_FOLDER):
+        if (candidate / "images").is_dir() and (candidate / "annotations").is_dir():
+            return candidate
+    raise FileNotFoundError(f"{root} holds neither images/ and annotations/ nor {ADE_FOLDER}/ with them; expected "
+                            f"data.root to be the extracted {ADE_FOLDER} folder or the folder holding it")
+
+
+def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist; the {ADE_FOLDER} layout has images/<split>/*.jpg and "
+                                "annotations/<split>/*.png")
+    found: dict[str, Path] = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        path = Path(entry.path)
+        if path.suffix.lower() in suffixes:
+            if path.stem in found:
+                raise ADE20KDataError(f"{folder}: two files for {path.stem!r} ({found[path.stem].name}, {path.name}); "
+                                      "keep one")
+            found[path.stem] = path
+    return found
+
+
+def read_ade20k_split(root: str | os.PathLike, split: str = "training", num_classes: int = 150,
+                      check_headers: bool = True) -> list[tuple[Path, Path]]:
+    """``(image, annotation)`` path pairs of one split, matched by file stem and sorted by it.
+
+    An image without an annotation, or an annotation without an image, is an error listing the
+    first few of each and their counts. With ``check_headers`` every pair's PNG/JPEG header is read
+    (no pixels): an annotation that is not single-channel, or whose size differs from its image's,
+    is an error naming the file(s) and what was found. Label values are checked per sample when
+    it is loaded (:func:`map_labels`).
+    """
+    if num_classes < 1:
+        raise ValueError(f"data.num_classes={num_classes}: expected >= 1")
+    base = ade_root(root)
+    images = _files(base / "images" / split, IMAGE_SUFFIXES)
+    annotations = _files(base / "annotations" / split, (".png",))
+    no_ann = sorted(set(images) - set(annotations))
+    no_img = sorted(set(annotations) - set(images))
+    if no_ann or no_img:
+        parts = []
+        if no_ann:
+            parts.append(f"{len(no_ann)} image(s) in {base / 'images' / split} without an annotation "
+                         f"annotations/{split}/<name>.png: {_listing([images[s].name for s in no_ann])}")
+        if no_img:
+            parts.append(f"{len(no_img)} annotation(s) in {base / 'annotations' / split} without an image "
+                         f"images/{split}/<name>.jpg: {_listing([annotations[s].name for s in no_img])}")
+        raise ADE20KDataError("; ".join(parts) + ". Every image needs the annotation of the same name (and the "
+                              "reverse): add the missing files or remove the unpaired ones")
+    if not images:
+        raise ADE20KDataError(f"no images (*.jpg) in {base / 'images' / split}")
+    pairs = [(images[s], annotations[s]) for s in sorted(images)]
+    if check_headers:
+        # header reads wait on storage more than on the CPU; list() re-raises the first error in order
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda pair: check_pair(*pair), pairs))
+    return pairs
+
+
+def check_pair(image_path: Path, ann_path: Path) -> None:
+    """Single-channel annotation of the image's size (headers only)."""
+    try:
+        with Image.open(ann_path) as ann:
+            if ann.mode not in SINGLE_CHANNEL_MODES:
+                _annotation_array(ann, str(ann_path))  # raises the mode error
+            ann_size = ann.size
+        with Image.open(image_path) as img:
+            img_size = img.size
+    except ADE20KDataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+        raise ADE20KDataError(f"cannot read the header of {ann_path} or {image_path}: {type(err).__name__}: {err}; "
+                              "replace or remove the pair") from None
+    if img_size != ann_size:
+        raise ADE20KDataError(f"{ann_path}: annotation is {ann_size[0]}x{ann_size[1]} (WxH) but its image {image_path} "
+                              f"is {img_size[0]}x{img_size[1]}; expected the same size (labels are per pixel)")
+
+
+# ---------------------------------------------------------------------------------- sources
+class _NamedBytes(io.BytesIO):
+    """Bytes whose repr names the sample, so PIL's errors say which one is broken."""
+
+    def __init__(self, data: bytes, where: str) -> None:
+        super().__init__(data)
+        self.where = where
+
+    def __repr__(self) -> str:
+        return self.where
+
+
+def _rgb_tensor(source: Any, where: str) -> torch.Tensor:
+    try:
+        with Image.open(source) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+        raise ADE20KDataError(f"cannot read image {where}: {type(err).__name__}: {err}; replace or remove it") from None
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def _annotation(source: Any, where: str) -> np.ndarray:
+    try:
+        img = Image.open(source)
+        img.load()
+    except Exception as err:  # noqa: BLE001
+        raise ADE20KDataError(f"cannot read annotation {where}: {type(err).__name__}: {err}; "
+                              "replace or remove it") from None
+    with img:
+        return _annotation_array(img, where)
+
+
+class _FolderSource:
+    def __init__(self, pairs: Sequence[tuple[Path, Path]], num_classes: int, reduce_zero_label: bool) -> None:
+        self.pairs = list(pairs)
+        self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        image_path, ann_path = self.pairs[index]
+        image = _rgb_tensor(image_path, str(image_path))
+        raw = _annotation(ann_path, str(ann_path))
+        if raw.shape != tuple(image.shape[-2:]):
+            raise ADE20KDataError(f"{ann_path}: annotation is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image "
+                                  f"{image_path} is {image.shape[2]}x{image.shape[1]}; expected the same size")
+        return image, map_labels(raw, self.num_classes, self.reduce_zero_label, str(ann_path)), image_path.stem
+
+
+class _HFSource:
+    def __init__(self, split: Any, name: str, image_column: str, label_column: str, num_classes: int,
+                 reduce_zero_label: bool) -> None:
+        from datasets import Image as HFImage
+
+        for col, key in ((image_column, "data.image_column"), (label_column, "data.label_column")):
+            if col not in split.column_names:
+                raise ADE20KDataError(f"{name} has no column {col!r}; columns: {split.column_names} (set {key})")
+            if not isinstance(split.features[col], HFImage):
+                raise ADE20KDataError(f"{name}: column {col!r} is {split.features[col]}, expected an Image feature "
+                                      f"(encoded JPEG/PNG); set {key} to the image column")
+        # raw bytes: decoding here lets errors name the row, and the annotation keeps its own mode
+        self.split = split.cast_column(image_column, HFImage(decode=False)).cast_column(label_column,
+                                                                                          HFImage(decode=False))
+        self.name, self.image_column, self.label_column = name, image_column, label_column
+        self.num_classes, self.reduce_zero_label = num_classes, reduce_zero_label
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def _where(self, item: dict, index: int, what: str) -> str:
+        path = item.get("path")
+        return f"{self.name}[{index}].{what}" + (f" ({path})" if path else "")
+
+    def _src(self, item: dict, where: str) -> Any:
+        return _NamedBytes(item["bytes"], where) if item.get("bytes") else item["path"]
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        row = self.split[index]
+        img_item, ann_item = row[self.image_column], row[self.label_column]
+        img_where = self._where(img_item, index, self.image_column)
+        ann_where = self._where(ann_item, index, self.label_column)
+        image = _rgb_tensor(self._src(img_item, img_where), img_where)
+        raw = _annotation(self._src(ann_item, ann_where), ann_where)
+        if raw.shape != tuple(image.shape[-2:]):
+            raise ADE20KDataError(f"{ann_where}: annotation is {raw.shape[1]}x{raw.shape[0]} (WxH) but the image is "
+                                  f"{image.shape[2]}x{image.shape[1]}; expected the same size")
+        stem = Path(img_item["path"]).stem if img_item.get("path") else f"{index:08d}"
+        return image, map_labels(raw, self.num_classes, self.reduce_zero_label, ann_where), stem
+
+
+class _TensorSource:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prefix: str) -> None:
+        self.images, self.labels, self.prefix = images, labels, prefix
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        return self.images[index], self.labels[index].long(), f"{self.prefix}_{index:06d}"
+
+
+class SegmentationDataset(Dataset):
+    """Map-style dataset over a source of ``(image uint8 (3, H, W), labels (H, W), name)``, applying
+    a joint ``transform(image, labels) -> (image float, labels long)``."""
+
+    def __init__(self, *, source: Any, transform: Callable, class_names: Sequence[str]) -> None:
+        self.source = source
+        self.transform = transform
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, labels, name = self.source.load(index)
+        image, labels = self.transform(image, labels)
+        return {"image": image, "labels": labels, "name": name}
+
+
+# ------------------------------------------------------------------------- builders (data=<option>)
+SemSegData = tuple[Optional[SegmentationDataset], SegmentationDataset, list[str]]
+
+
+def _transforms(*, crop_size: Any = None, scale: Any = None, ratio_range: Any = None, cat_max_ratio: Optional[float] = 1.0,
+                flip_prob: float = 0.5, photometric: bool = True,
+                test_scale: Any = None) -> tuple[SegTrainTransform, SegEvalTransform]:
+    """The training and evaluation pipelines from the flat ``data.*`` pipeline keys."""
+    as_pair(crop_size, "data.crop_size")
+    train = SegTrainTransform(crop_size=crop_size, scale=scale, ratio_range=ratio_range,
+                              cat_max_ratio=float(cat_max_ratio or 1.0), flip_prob=float(flip_prob),
+                              photometric=bool(photometric), ignore_index=IGNORE_INDEX)
+    return train, SegEvalTransform(scale=test_scale)
+
+
+def _labelled_classes(num_classes: int, class_names: Optional[Sequence[str]]) -> list[str]:
+    classes = [str(c) for c in class_names] if class_names else class_names_for(int(num_classes))
+    if len(classes) != int(num_classes):
+        raise ValueError(f"data.class_names has {len(classes)} names but data.num_classes={num_classes}; give one name "
+                         "per class, or null for the defaults")
+    return classes
+
+
+def scenes_data(*, seed: int, train_size: int, val_size: int, img_size: int, num_classes: int, noise: float,
+                max_objects: int, hue_jitter: float, eval_only: bool = False, **pipeline: Any) -> SemSegData:
+    """The embedded procedural scenes (:mod:`bixt.data.scenes`); ``train`` is None with ``eval_only``."""
+    train_tf, val_tf = _transforms(**pipeline)
+    classes = list(SCENE_CLASSES[:int(num_classes)])
+    gen = dict(seed=int(seed), size=int(img_size), num_classes=int(num_classes), noise=float(noise),
+               max_objects=int(max_objects), hue_jitter=float(hue_jitter))
+    train = None
+    if not eval_only:
+        source = _TensorSource(*make_scenes(int(train_size), split="train", **gen), "train")
+        train = SegmentationDataset(source=source, transform=train_tf, class_names=classes)
+    source = _TensorSource(*make_scenes(int(val_size), split="val", **gen), "val")
+    return train, SegmentationDataset(source=source, transform=val_tf, class_names=classes), classes
+
+
+def ade20k_data(*, root: Optional[str], num_classes: int, class_names: Optional[Sequence[str]],
+                reduce_zero_label: bool, train_split: str, val_split: str, check_headers: bool,
+                eval_only: bool = False, **pipeline: Any) -> SemSegData:
+    """An ``ADEChallengeData2016``-layout folder (read only); ``train`` is None with ``eval_only``."""
+    if not root:
+        raise ValueError(f"data=ade20k needs data.root=DIR, the extracted {ADE_FOLDER} folder (or its parent)")
+    train_tf, val_tf = _transforms(**pipeline)
+    classes = _labelled_classes(num_classes, class_names)
+
+    def split_set(split: str, transform: Callable) -> SegmentationDataset:
+        pairs = read_ade20k_split(root, split, int(num_classes), check_headers=bool(check_headers))
+        return SegmentationDataset(source=_FolderSource(pairs, int(num_classes), bool(reduce_zero_label)),
+                                   transform=transform, class_names=classes)
+
+    train = None if eval_only else split_set(train_split, train_tf)
+    return train, split_set(val_split, val_tf), classes
+
+
+def ade20k_hf_data(*, path: Optional[str], image_column: str, label_column: str, num_classes: int,
+                   class_names: Optional[Sequence[str]], reduce_zero_label: bool, train_split: str, val_split: str,
+                   load_kwargs: Optional[dict] = None, eval_only: bool = False, **pipeline: Any) -> SemSegData:
+    """A local Hugging Face copy with an image and an annotation column; same label rules as ade20k."""
+    train_tf, val_tf = _transforms(**pipeline)
+    classes = _labelled_classes(num_classes, class_names)
+    ds = load_local_splits(path, (train_split, val_split), option="ade20k_hf", load_kwargs=load_kwargs)
+
+    def split_set(split: str, transform: Callable) -> SegmentationDataset:
+        source = _HFSource(ds[split], f"{path}:{split}", image_column, label_column, int(num_classes),
+                           bool(reduce_zero_label))
+        return SegmentationDataset(source=source, transform=transform, class_names=classes)
+
+    train = None if eval_only else split_set(train_split, train_tf)
+    return train, split_set(val_split, val_tf), classes
