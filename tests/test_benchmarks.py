@@ -95,6 +95,14 @@ def test_summary_checks_verdicts():
     }
 
 
+def test_context_lines_without_the_matmul_section():
+    # --only models: no matmul reference, so no FLOP-rate fractions; the speed ratio is still reported
+    rows = [_row(task="forward", dtype="fp32", mode="eager", images_per_s=21.0),
+            _row(role="reference", task="forward", dtype="fp32", mode="plain ops", images_per_s=20.0)]
+    (line,) = perf.context_lines({"models": rows})
+    assert "20.0 img/s;" in line and "bixt/reference speed 1.05x" in line and "of matmul" not in line
+
+
 def test_only_rejects_unknown_sections():
     with pytest.raises(SystemExit):
         perf.parse_args(["--only", "models,speed"])
