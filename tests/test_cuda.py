@@ -80,3 +80,42 @@ def test_all_padding_sample_fails_on_the_device():
             "enc(torch.randn(2, 5, 32, device='cuda'), mask); torch.cuda.synchronize()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "padding" in proc.stderr
+
+
+def test_semseg_evaluator_accumulates_on_the_device_without_a_host_sync():
+    from bixt.metrics.semseg import SemSegEvaluator, confusion_matrix
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 16, 16)
+    labels = torch.randint(0, 4, (2, 16, 16))
+    labels[0, :2] = 255  # ignored pixels
+    reference = confusion_matrix(logits.argmax(1), labels, num_classes=4)
+    evaluator = SemSegEvaluator(num_classes=4, class_names=list("abcd"))
+    gpu_logits, gpu_labels = logits.cuda(), labels.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any op that waits for the device raises
+    try:
+        evaluator.update(gpu_logits, {"labels": gpu_labels})
+        state = evaluator.state()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert state["confusion"].is_cuda and torch.equal(state["confusion"].cpu(), reference)
+    assert int(state["invalid_labels"]) == 0
+
+
+def test_segmenter_on_the_device_matches_the_cpu_and_runs_bf16():
+    from bixt.models.segmentation import BiXTSegmenter, segment
+
+    kwargs = dict(backbone="bixt_ti_l64_d13_p16", num_classes=5, head="semfpn", fpn_dim=16, head_dim=16,
+                  backbone_kwargs=dict(embed_dim=32, depth=3, num_heads=2, num_latents=8, patch_size=8, stride=8))
+    torch.manual_seed(0)
+    cpu = BiXTSegmenter(**kwargs).eval()
+    gpu = BiXTSegmenter(**kwargs).eval().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        expected = segment(cpu, x)
+        torch.testing.assert_close(segment(gpu, x.cuda()).cpu(), expected, rtol=1e-3, atol=1e-3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = segment(gpu, x.cuda(), mode="slide", crop_size=32, crop_stride=16).float().cpu()
+    assert low.shape == expected.shape and torch.isfinite(low).all()

@@ -133,3 +133,11 @@ def test_evaluator_argument_errors():
         ev.update(torch.randn(1, 4, 2, 2), {"labels": torch.zeros(1, 2, 2, dtype=torch.long)})
     with pytest.raises(ValueError, match="expected labels"):
         ev.update(torch.randn(1, 3, 2, 2), {"labels": torch.zeros(1, 1, 2, 2, dtype=torch.long)})
+
+
+def test_a_rank_without_batches_contributes_zeros_to_the_sum():
+    seen, empty = (SemSegEvaluator(num_classes=4, class_names=list("abcd")) for _ in range(2))
+    seen.update(torch.nn.functional.one_hot(PRED, 4).permute(0, 2, 1)[..., None].float(), {"labels": TARGET[..., None]})
+    summed = {k: seen.state()[k] + empty.state()[k] for k in seen.state()}
+    assert torch.equal(summed["confusion"], confusion_matrix(PRED, TARGET, num_classes=4))
+    assert seen.compute(summed) == seen.compute(seen.state())

@@ -115,8 +115,9 @@ class SemSegEvaluator:
         if len(class_names) != num_classes:
             raise ValueError(f"got {len(class_names)} class names for num_classes={num_classes}")
         self.num_classes, self.class_names, self.ignore_index = num_classes, list(class_names), ignore_index
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-        self.invalid = torch.zeros((), dtype=torch.long)
+        # Created by the first update on the data's device: moving zeros there would be a host sync.
+        self.confusion: Optional[torch.Tensor] = None
+        self.invalid: Optional[torch.Tensor] = None
 
     @torch.no_grad()
     def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
@@ -128,11 +129,15 @@ class SemSegEvaluator:
         if outputs.shape[-2:] != labels.shape[-2:]:
             outputs = F.interpolate(outputs.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         matrix, invalid = _confusion_counts(outputs.argmax(dim=1), labels, self.num_classes, self.ignore_index)
-        # Out of place: the running sums may have been made under another grad / inference mode.
-        self.confusion = self.confusion.to(matrix.device) + matrix
-        self.invalid = self.invalid.to(invalid.device) + invalid
+        if self.confusion is None:
+            self.confusion, self.invalid = matrix, invalid
+        else:  # out of place: the running sums may have been made under another grad / inference mode
+            self.confusion, self.invalid = self.confusion + matrix, self.invalid + invalid
 
     def state(self) -> dict[str, torch.Tensor]:
+        if self.confusion is None:  # no batch seen (an empty split or rank)
+            c = self.num_classes
+            return {"confusion": torch.zeros(c, c, dtype=torch.long), "invalid_labels": torch.zeros((), dtype=torch.long)}
         return {"confusion": self.confusion, "invalid_labels": self.invalid}
 
     def compute(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
