@@ -21,12 +21,10 @@ The paper reports 7.6x the Transformer's samples/s at batch 32 on a GPU (5703 vs
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    run_memory_worker,
-    read_status_kb, reset_peak_rss, count_flops, interleaved_timing, machine_info, markdown_table, set_threads,
+    count_flops, interleaved_timing, machine_info, markdown_table, peak_rss_of, run_memory_worker,
+    sequence_benchmark_parser, set_threads,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,21 +67,8 @@ def _memory_worker(name: str, batch: int, length: int) -> None:
     set_threads(int(os.environ.get("BIXT_BENCH_THREADS", "0")) or None)
     model = build_retrieval_model(name, length)
     inputs = make_pairs(batch, length)
-    with torch.no_grad():
-        model(*make_pairs(1, length, seed=1))  # one-time kernel / allocator set-up
-        gc.collect()
-        exact = reset_peak_rss()
-        baseline_kb = read_status_kb("VmRSS")
-        start = time.perf_counter()
-        model(*inputs)
-        elapsed = time.perf_counter() - start
-        peak_kb = read_status_kb("VmHWM")
-    print(json.dumps({
-        "status": "ok" if exact else "ok (peak since process start)",
-        "baseline_mb": baseline_kb / 1024, "peak_mb": peak_kb / 1024,
-        "peak_extra_mb": max(peak_kb - baseline_kb, 0) / 1024,
-        "peak_extra_mb_per_pair": max(peak_kb - baseline_kb, 0) / 1024 / batch, "forward_s": elapsed,
-    }), flush=True)
+    result = peak_rss_of(lambda: model(*inputs), warmup=lambda: model(*make_pairs(1, length, seed=1)))
+    print(json.dumps({**result, "peak_extra_mb_per_pair": result["peak_extra_mb"] / batch}), flush=True)
 
 
 def measure_memory(name: str, batch: int, length: int, threads: int, timeout_s: float = 1200.0) -> dict[str, Any]:
@@ -92,15 +77,8 @@ def measure_memory(name: str, batch: int, length: int, threads: int, timeout_s: 
 
 # --- main ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=32, help="pairs per forward pass (paper: 32)")
-    parser.add_argument("--length", type=int, default=4000, help="bytes per document (LRA: 4000)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing rounds (median reported)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
-    parser.add_argument("--quick", action="store_true", help="batch 4, 2 rounds")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory workers")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser = sequence_benchmark_parser(__doc__, batch_help="pairs per forward pass (paper: 32)", length=4000,
+                                       length_help="bytes per document (LRA: 4000)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.repeats = min(args.batch, 4), min(args.repeats, 2)

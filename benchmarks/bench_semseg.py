@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    interleaved_timing, isa_label, machine_info, markdown_table, read_status_kb, reset_peak_rss, run_memory_worker,
+    interleaved_timing, isa_label, machine_info, markdown_table, peak_rss_of, run_memory_worker,
     set_threads,
 )
 from perf import skip_reason  # noqa: E402
@@ -131,17 +131,11 @@ def _memory_worker(keys: list[str], size: int, batch: int, dtype_name: str, smok
         config = BY_KEY[key]
         model = build(config.family, size, smoke)
         call = forward_call(config, model)
-        with torch.no_grad(), _autocast(device, dtype_name):
-            call(images)  # one-time set-up (kernel caches, thread pool) out of the measurement
-            gc.collect()
-            exact = reset_peak_rss()
-            baseline_kb = read_status_kb("VmRSS")
-            out = call(images)
-            peak_kb = read_status_kb("VmHWM")
-        del out, model, call
+        with _autocast(device, dtype_name):
+            result = peak_rss_of(lambda f=call: f(images))  # its warm-up keeps one-time set-up out
+        del model, call
         gc.collect()
-        results[key] = {"status": "ok" if exact else "ok (peak since process start)",
-                        "peak_mb_per_image": max(peak_kb - baseline_kb, 0) / 1024 / batch}
+        results[key] = {"status": result["status"], "peak_mb_per_image": result["peak_extra_mb"] / batch}
     print(json.dumps({"results": results}), flush=True)
 
 

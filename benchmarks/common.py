@@ -15,6 +15,7 @@ Running this file directly is the memory worker's entry point (used by :func:`me
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import math
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
@@ -296,6 +298,39 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def peak_rss_of(forward: Callable[[], Any], *, warmup: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
+    """Peak resident memory of one no-grad ``forward()`` over the RSS just before it, in MB (meant
+    for a fresh worker process). ``warmup()`` (default: ``forward`` itself) runs first, so one-time
+    kernel, thread-pool and allocator set-up stays out of the measurement."""
+    with torch.no_grad():
+        (warmup or forward)()
+        gc.collect()
+        exact = reset_peak_rss()
+        baseline_kb = read_status_kb("VmRSS")
+        start = time.perf_counter()
+        out = forward()
+        elapsed = time.perf_counter() - start
+        peak_kb = read_status_kb("VmHWM")
+    del out
+    gc.collect()
+    return {"status": "ok" if exact else "ok (peak since process start)", "baseline_mb": baseline_kb / 1024,
+            "peak_mb": peak_kb / 1024, "peak_extra_mb": max(peak_kb - baseline_kb, 0) / 1024, "forward_s": elapsed}
+
+
+def sequence_benchmark_parser(doc: str, *, batch_help: str, length: int, length_help: str) -> argparse.ArgumentParser:
+    """The command line the sequence benchmarks (bench_lra.py, bench_listops.py) share."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help=batch_help)
+    parser.add_argument("--length", type=int, default=length, help=length_help)
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    parser.add_argument("--quick", action="store_true", help="batch 4, 2 rounds")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory workers")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "benchmarks" / "results")
+    return parser
+
+
 def _memory_worker() -> None:
     """Worker loop: specs as JSON on stdin, one JSON result line per spec on stdout."""
     specs = [MemorySpec(**s) for s in json.loads(sys.stdin.read())]
@@ -309,22 +344,9 @@ def _memory_worker() -> None:
     for spec in specs:
         model = build_model(spec.model, spec.kwargs).eval()
         images = torch.randn(spec.batch, 3, spec.img_size, spec.img_size)
-        with torch.no_grad():
-            if spec.warmup:
-                model(images)
-            gc.collect()
-            exact = reset_peak_rss()
-            baseline_kb = read_status_kb("VmRSS")
-            start = time.perf_counter()
-            model(images)
-            elapsed = time.perf_counter() - start
-            peak_kb = read_status_kb("VmHWM")
-        print(json.dumps({
-            "key": spec.key, "status": "ok" if exact else "ok (peak since process start)",
-            "baseline_mb": baseline_kb / 1024, "peak_mb": peak_kb / 1024,
-            "peak_mb_per_image": max(peak_kb - baseline_kb, 0) / 1024 / spec.batch,
-            "batch": spec.batch, "forward_s": elapsed,
-        }), flush=True)
+        result = peak_rss_of(lambda m=model, x=images: m(x), warmup=None if spec.warmup else (lambda: None))
+        print(json.dumps({"key": spec.key, "peak_mb_per_image": result["peak_extra_mb"] / spec.batch,
+                          "batch": spec.batch, **result}), flush=True)
         del model, images
         gc.collect()
 
