@@ -381,23 +381,22 @@ class Bench:
         plan, net = self.plan, self.plan.model
         images = torch.randn(plan.fwd_batch, 3, net.img_size, net.img_size)
         train_images = images[: plan.train_batch].clone()
-        reference = net
         gflops = {task: next(r["gflops_per_image"] for r in rows if r["role"] == "model" and r["task"] == task)
                   for task in ("forward", "train")}
         for task, dtype in (("forward", "fp32"), ("forward", "bf16"), ("train", "fp32")):
             batch = plan.fwd_batch if task == "forward" else plan.train_batch
-            key = f"{reference.label} | {task} | b{batch} | {dtype} | plain ops"
+            key = f"{net.label} | {task} | b{batch} | {dtype} | plain ops"
 
             def make(task=task, d=dtype):
                 torch.manual_seed(self.seed)
                 if task == "forward":
-                    return forward_fn(published_ops(reference.build().eval()), images, d)
-                model = published_ops(reference.build().train())
+                    return forward_fn(published_ops(net.build().eval()), images, d)
+                model = published_ops(net.build().train())
                 # the published training script's optimizer: timm's AdamW with torch's defaults
                 opt = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
                 targets = torch.randint(0, model.num_classes, (plan.train_batch,))
                 return train_step_fn(model, opt, train_images, targets, d)
-            row = dict(key=key, model=net.model, kwargs=reference.kwargs, label=reference.label,
+            row = dict(key=key, model=net.model, kwargs=net.kwargs, label=net.label,
                        role="reference", task=task, batch=batch, dtype=dtype, mode="plain ops",
                        img_size=net.img_size, gflops_per_image=gflops[task])
             self.add_or_skip(row, make)

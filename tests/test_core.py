@@ -261,3 +261,20 @@ def test_tune_cpu_allocator_is_idempotent_and_respects_user_settings(monkeypatch
     assert runtime.tune_cpu_allocator() is first
 
 
+
+
+def test_tokens_only_last_layer_gives_the_same_tokens_and_keeps_no_latent_update():
+    full, tokens_only = tiny(), tiny()
+    tokens_only.blocks[-1].drop_latent_update()
+    x = torch.randn(2, 9, 32)
+    mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    for impl in ("math", "sdpa"):
+        for enc in (full, tokens_only):
+            for m in enc.modules():
+                if hasattr(m, "attn_impl"):
+                    m.attn_impl = impl
+        torch.testing.assert_close(tokens_only(x, mask)[1], full(x, mask)[1])
+    names = [n for n, _ in tokens_only.blocks[-1].named_parameters()]
+    assert not [n for n in names if "latent_attn" in n or "mlp_latents" in n or "proj_latents" in n]
+    with pytest.raises(ValueError, match="one-sided"):
+        tiny(update_tokens_last=False).blocks[-1].drop_latent_update()

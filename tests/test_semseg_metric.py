@@ -141,3 +141,17 @@ def test_a_rank_without_batches_contributes_zeros_to_the_sum():
     summed = {k: seen.state()[k] + empty.state()[k] for k in seen.state()}
     assert torch.equal(summed["confusion"], confusion_matrix(PRED, TARGET, num_classes=4))
     assert seen.compute(summed) == seen.compute(seen.state())
+
+
+def test_images_of_different_sizes_as_lists_equal_one_update_each():
+    torch.manual_seed(0)
+    sizes = [(5, 7), (6, 4)]
+    logits = [torch.randn(1, 3, h, w) for h, w in sizes]
+    labels = [torch.randint(0, 3, (h, w)) for h, w in sizes]
+    listed, one_by_one = (SemSegEvaluator(num_classes=3, class_names=list("abc")) for _ in range(2))
+    listed.update(logits, {"labels": labels})
+    for lg, lb in zip(logits, labels):
+        one_by_one.update(lg, {"labels": lb[None]})
+    expected = sum(confusion_matrix(lg.argmax(1), lb[None], num_classes=3) for lg, lb in zip(logits, labels))
+    assert torch.equal(listed.state()["confusion"], expected)
+    assert torch.equal(one_by_one.state()["confusion"], expected)

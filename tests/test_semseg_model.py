@@ -49,6 +49,9 @@ def test_shapes_and_gradients(head, backbone, kwargs, stride):
     for part in (model.backbone.patch_embed, model.backbone.encoder.blocks[0], model.head):
         grads = [p.grad for p in part.parameters()]
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    # every parameter takes part in the loss (DDP refuses parameters without a gradient): the last
+    # kept layer updates only its tokens, whose latents nothing reads
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
     if head == "semfpn":
         with torch.no_grad():
             levels = model.head.pyramid(model.token_maps(x))

@@ -30,11 +30,12 @@ def bidirectional_attention(
     r_lat: torch.Tensor,
     v_lat: Optional[torch.Tensor],
     r_tok: torch.Tensor,
-    v_tok: torch.Tensor,
+    v_tok: Optional[torch.Tensor],
     token_mask: Optional[torch.Tensor] = None,
     impl: str = "math",
-) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
-    """Attend both ways. Inputs are (B, H, L|N, d); ``v_lat=None`` makes it one-sided.
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    """Attend both ways. Inputs are (B, H, L|N, d); ``v_lat=None`` makes it one-sided (latents
+    only), ``v_tok=None`` the mirror (tokens only: a last layer whose latents nothing reads).
 
     Returns ``(latent_update, token_update, (attn_latents, attn_tokens))`` where the updates are
     (B, H, L, d) / (B, H, N, d); the attention maps are only returned by the ``math`` path.
@@ -42,17 +43,18 @@ def bidirectional_attention(
     """
     if impl == "sdpa":
         key_mask = None if token_mask is None else token_mask[:, None, None, :]
-        latent_update = F.scaled_dot_product_attention(r_lat, r_tok, v_tok, attn_mask=key_mask)
+        latent_update = None if v_tok is None else F.scaled_dot_product_attention(r_lat, r_tok, v_tok,
+                                                                                  attn_mask=key_mask)
         token_update = None if v_lat is None else F.scaled_dot_product_attention(r_tok, r_lat, v_lat)
         return latent_update, token_update, None
 
     scale = r_lat.shape[-1] ** -0.5
     sim = torch.matmul(r_lat * scale, r_tok.transpose(-2, -1))  # (B, H, L, N)
-    sim_lat = sim
-    if token_mask is not None:
-        sim_lat = sim.masked_fill(~token_mask[:, None, None, :], float("-inf"))
-    attn_lat = sim_lat.softmax(dim=-1)
-    latent_update = torch.matmul(attn_lat, v_tok)
+    attn_lat = latent_update = None
+    if v_tok is not None:
+        sim_lat = sim if token_mask is None else sim.masked_fill(~token_mask[:, None, None, :], float("-inf"))
+        attn_lat = sim_lat.softmax(dim=-1)
+        latent_update = torch.matmul(attn_lat, v_tok)
     if v_lat is None:
         return latent_update, None, (attn_lat, None)
     attn_tok = sim.softmax(dim=-2)  # over latents, per token
@@ -117,7 +119,8 @@ class BiCrossAttention(nn.Module):
         return_attention: bool = False,
     ):
         """Returns ``(latent_update, token_update, maps)``: updates (B, L, latent_dim) / (B, N, token_dim)
-        (``None`` when one-sided), maps as :func:`bidirectional_attention` returns them."""
+        (``None`` for the side a one-sided or tokens-only layer leaves alone), maps as
+        :func:`bidirectional_attention` returns them."""
         h = self.num_heads
         if self.one_sided:
             (r_lat,) = _split_heads(self.r_latents(latents), 1, h)
@@ -125,10 +128,13 @@ class BiCrossAttention(nn.Module):
         else:
             r_lat, v_lat = _split_heads(self.rv_latents(latents), 2, h)
         r_tok, v_tok = _split_heads(self.rv_tokens(tokens), 2, h)
+        if self.proj_latents is None:  # tokens only (drop_latent_update)
+            v_tok = None
         lat, tok, maps = bidirectional_attention(
             r_lat, v_lat, r_tok, v_tok, token_mask, impl=self._impl(return_attention, r_lat, r_tok)
         )
-        lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"))
+        if lat is not None:
+            lat = self.proj_latents(rearrange(lat, "b h n d -> b n (h d)"))
         if tok is not None:
             tok = self.proj_tokens(rearrange(tok, "b h n d -> b n (h d)"))
         return lat, tok, maps

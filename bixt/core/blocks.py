@@ -53,12 +53,23 @@ class CrossBlock(nn.Module):
     def forward(self, latents, tokens, token_mask=None, return_attention: bool = False):
         attended = self.attn(self.norm_latents(latents), self.norm_tokens(tokens), token_mask, return_attention)
         lat_update, tok_update, maps = attended[0], attended[1], attended[2]  # indexed: an fx leaf returns one value
-        latents = latents + self.drop_path_latents(self.ls_latents(lat_update))
-        latents = latents + self.drop_path_latents(self.mlp_ls_latents(self.mlp_latents(self.mlp_norm_latents(latents))))
+        if lat_update is not None:
+            latents = latents + self.drop_path_latents(self.ls_latents(lat_update))
+            latents = latents + self.drop_path_latents(
+                self.mlp_ls_latents(self.mlp_latents(self.mlp_norm_latents(latents))))
         if not self.one_sided:
             tokens = tokens + self.drop_path_tokens(self.ls_tokens(tok_update))
             tokens = tokens + self.drop_path_tokens(self.mlp_ls_tokens(self.mlp_tokens(self.mlp_norm_tokens(tokens))))
         return latents, tokens, maps
+
+
+    def drop_latent_update(self) -> None:
+        """Keep the token side only: for a last layer whose latents nothing reads (a dense head on
+        the tokens), so that no work and no parameter is spent on a latent update."""
+        if self.one_sided:
+            raise ValueError("a one-sided layer updates the latents only: dropping that leaves nothing")
+        self.attn.proj_latents = None
+        self.ls_latents = self.mlp_norm_latents = self.mlp_latents = self.mlp_ls_latents = None
 
 
 class BiXTLayer(nn.Module):
@@ -93,4 +104,9 @@ class BiXTLayer(nn.Module):
 
     def forward(self, latents: torch.Tensor, tokens: torch.Tensor, token_mask=None, return_attention: bool = False):
         latents, tokens, maps = self.cross(latents, tokens, token_mask, return_attention)
-        return self.latent_attn(latents), tokens, maps
+        return (latents if self.latent_attn is None else self.latent_attn(latents)), tokens, maps
+
+    def drop_latent_update(self) -> None:
+        """Tokens-only layer (see :meth:`CrossBlock.drop_latent_update`); its latent self-attention goes too."""
+        self.cross.drop_latent_update()
+        self.latent_attn = None

@@ -106,7 +106,7 @@ class SemSegEvaluator:
 
     ``update(logits, batch)``: logits (B, C, h, w), ``batch["labels"]`` (B, H, W) int64; logits of
     another size are bilinearly upsampled to the labels' size first (scoring at the original
-    resolution). The state sums across DDP ranks. No host sync per batch.
+    resolution). For images of different sizes, lists: logits (1, C, h, w) and labels (H, W) per image. The state sums across DDP ranks. No host sync per batch.
     """
 
     def __init__(self, *, num_classes: int, class_names: Sequence[str], ignore_index: int = 255) -> None:
@@ -120,8 +120,12 @@ class SemSegEvaluator:
         self.invalid: Optional[torch.Tensor] = None
 
     @torch.no_grad()
-    def update(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> None:
+    def update(self, outputs: torch.Tensor | Sequence[torch.Tensor], batch: Mapping[str, Any]) -> None:
         labels = batch["labels"]
+        if isinstance(outputs, (list, tuple)):  # images of different sizes: one (1, C, h, w) per label map
+            for logits, image_labels in zip(outputs, labels, strict=True):
+                self.update(logits, {"labels": image_labels[None]})
+            return
         if outputs.dim() != 4 or outputs.shape[1] != self.num_classes:
             raise ValueError(f"expected logits (batch, {self.num_classes}, height, width), got {tuple(outputs.shape)}")
         if labels.dim() != 3 or labels.shape[0] != outputs.shape[0]:

@@ -29,7 +29,7 @@ from bixt.checkpoint import LoadReport, read_checkpoint, unwrap_state_dict
 from bixt.heads.dense import LinearSegHead, SemanticFPNHead
 
 __all__ = ["BiXTSegmenter", "BackboneLoadReport", "load_pretrained_backbone", "segment", "default_feature_layers",
-           "HEADS"]
+           "nearest_multiples", "HEADS"]
 _logger = logging.getLogger(__name__)
 
 HEADS = ("linear", "semfpn")
@@ -55,6 +55,12 @@ def default_feature_layers(head: str, num_token_layers: int) -> list[int]:
     raise ValueError(f"head must be one of {HEADS}, got {head!r}")
 
 
+def nearest_multiples(n: int, stride: int) -> str:
+    """The multiples of ``stride`` next to ``n``, for error messages: ``"24 or 32"``, ``"8"``, ``"32 (fits)"``."""
+    down, up = (n // stride) * stride, -(-n // stride) * stride
+    return f"{n} (fits)" if down == up else f"{up}" if down == 0 else f"{down} or {up}"
+
+
 @register_notrace_function  # reads the input's size: under torch.fx it runs on the real tensor
 def check_divisible(images: torch.Tensor, stride: int) -> torch.Tensor:
     """``images`` (B, 3, H, W), refused when H or W is not a multiple of the token ``stride``.
@@ -64,12 +70,10 @@ def check_divisible(images: torch.Tensor, stride: int) -> torch.Tensor:
         raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(images.shape)}")
     height, width = images.shape[-2:]
     if height % stride or width % stride:
-        def near(n: int) -> str:
-            down, up = (n // stride) * stride, -(-n // stride) * stride
-            return f"{n} (fits)" if down == up else f"{up}" if down == 0 else f"{down} or {up}"
         raise ValueError(
             f"image size {height}x{width} is not divisible by the segmenter's token stride {stride}; nearest valid "
-            f"sizes: height {near(height)}, width {near(width)}. Resize or pad the images, or use "
+            f"sizes: height {nearest_multiples(height, stride)}, width {nearest_multiples(width, stride)}. Resize or "
+            "pad the images, or use "
             "bixt.models.segmentation.segment(model, images), which pads and crops back"
         )
     return images
@@ -146,8 +150,11 @@ class BiXTSegmenter(nn.Module):
         # The backbone returns each map once, in layer order; the head may read one map twice.
         self._take = sorted(set(self.feature_layers))
         self._order = [self._take.index(i) for i in self.feature_layers]
-        # No layer past the last map runs (for d13: the one-sided layer 12), no classifier remains.
+        # No layer past the last map runs (for d13: the one-sided layer 12), no classifier remains,
+        # and the last layer updates its tokens only: nothing reads its latents (no work, and no
+        # parameter without a gradient, which DDP would refuse).
         self.backbone.prune_intermediate_layers(self._take, prune_head=True)
+        self.backbone.encoder.blocks[-1].drop_latent_update()
 
         dims = [int(info[i]["num_chs"]) for i in self.feature_layers]
         if head == "linear":
@@ -288,6 +295,9 @@ def load_pretrained_backbone(model: BiXTSegmenter, path: Union[str, os.PathLike]
             dropped.setdefault(f"layer {index} ({why})", []).append(key)
         elif key in expected:
             usable[key] = value
+        elif block and depth is not None and int(block.group(1)) == depth - 1:
+            why = f"layer {depth - 1}'s latent update (the last layer kept: the head reads only its tokens)"
+            dropped.setdefault(why, []).append(key)
         else:
             unknown.append(key)
 
@@ -369,7 +379,8 @@ def segment(
     crop_h, crop_w = _pair(crop_size, "crop_size")
     if crop_h % stride or crop_w % stride:
         raise ValueError(f"crop_size {crop_h}x{crop_w} is not divisible by the model's token stride {stride}; "
-                         f"use e.g. {crop_h // stride * stride or stride}x{crop_w // stride * stride or stride}")
+                         f"nearest valid: height {nearest_multiples(crop_h, stride)}, width "
+                         f"{nearest_multiples(crop_w, stride)}")
     step_h, step_w = _pair(crop_stride, "crop_stride") if crop_stride is not None else (
         max(1, crop_h * 2 // 3), max(1, crop_w * 2 // 3))
     if step_h > crop_h or step_w > crop_w:

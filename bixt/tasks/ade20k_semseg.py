@@ -31,29 +31,9 @@ from bixt.data.seg_transforms import IGNORE_INDEX, as_pair, collate_segmentation
 from bixt.engine import run, seed_everything, trainer_config
 from bixt.engine.checkpointing import run_checkpoint_classes
 from bixt.metrics.semseg import SemSegEvaluator, format_class_table
-from bixt.models.segmentation import BiXTSegmenter, segment
+from bixt.models.segmentation import BiXTSegmenter, nearest_multiples, segment
 
 log = logging.getLogger("bixt.tasks.ade20k_semseg")
-
-
-class _PerImageEvaluator:
-    """Feeds a list-valued batch (images of different sizes) to the evaluator one image at a time."""
-
-    def __init__(self, inner: SemSegEvaluator) -> None:
-        self.inner = inner
-
-    def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
-        if isinstance(outputs, (list, tuple)):
-            for logits, labels in zip(outputs, batch["labels"]):
-                self.inner.update(logits, {"labels": labels[None]})
-        else:
-            self.inner.update(outputs, batch)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return self.inner.state()
-
-    def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        return self.inner.compute(state)
 
 
 class SemSegAdapter:
@@ -105,9 +85,9 @@ class SemSegAdapter:
     def batch_size(self, batch: Mapping[str, Any]) -> int:
         return len(batch["name"])
 
-    def make_evaluator(self) -> _PerImageEvaluator:
-        return _PerImageEvaluator(SemSegEvaluator(num_classes=self.num_classes, class_names=self.class_names,
-                                                  ignore_index=self.ignore_index))
+    def make_evaluator(self) -> SemSegEvaluator:
+        return SemSegEvaluator(num_classes=self.num_classes, class_names=self.class_names,
+                               ignore_index=self.ignore_index)
 
 
 #: data keys the task reads itself (inference settings), not the data builder
@@ -119,29 +99,21 @@ def build_model(model_cfg: DictConfig, num_classes: int) -> BiXTSegmenter:
     return instantiate(model_cfg, num_classes=num_classes, _convert_="all")
 
 
-def _multiples(value: int, stride: int) -> str:
-    low = max(stride, value // stride * stride)
-    return f"{low} or {low + stride}" if low != value else str(value)
-
-
 def check_sizes(data_cfg: DictConfig, stride: int) -> tuple[Optional[tuple[int, int]], Optional[tuple[int, int]]]:
     """The training crop (and the sliding window) must be a whole number of strides: the token grid
-    would otherwise not cover the crop and the logits would not align with the labels."""
+    would otherwise not cover the crop and the logits would not align with the labels. Returns the
+    sliding window (default: the crop) and its step (None: ``segment``'s default)."""
     crop = as_pair(data_cfg.get("crop_size"), "data.crop_size")
     window = as_pair(data_cfg.get("eval_crop"), "data.eval_crop") or crop
     step = as_pair(data_cfg.get("eval_stride"), "data.eval_stride")
-    for key, size in (("data.crop_size", crop), ("data.eval_crop", window if data_cfg.get("eval_mode") == "slide"
-                                                  else None)):
-        if size is None:
+    slide = data_cfg.get("eval_mode") == "slide"
+    for key, size in (("data.crop_size", crop), ("data.eval_crop", window if slide else None)):
+        if size is None or not (size[0] % stride or size[1] % stride):
             continue
-        bad = [s for s in size if s % stride]
-        if bad:
-            valid = _multiples(size[0], stride) if size[0] == size[1] else \
-                f"[{_multiples(size[0], stride)}, {_multiples(size[1], stride)}]"
-            raise ValueError(f"{key}={list(size) if size[0] != size[1] else size[0]} is not divisible by the model's "
-                             f"stride {stride}; expected a multiple of {stride} (e.g. {valid})")
-    if data_cfg.get("eval_mode") == "slide" and window is not None and step is None:
-        step = (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))  # windows overlap by a third
+        valid = nearest_multiples(size[0], stride) if size[0] == size[1] else \
+            f"[{nearest_multiples(size[0], stride)}, {nearest_multiples(size[1], stride)}]"
+        raise ValueError(f"{key}={list(size) if size[0] != size[1] else size[0]} is not divisible by the model's "
+                         f"stride {stride}; expected a multiple of {stride} (e.g. {valid})")
     return window, step
 
 
