@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    count_flops, cpu_snapshot, interleaved_timing, machine_info, markdown_table, other_load, peak_rss_of,
-    run_memory_worker, sequence_benchmark_parser, set_threads,
+    count_flops, cpu_snapshot, interleaved_timing, machine_info, other_load, peak_rss_of, run_memory_worker,
+    sequence_benchmark_parser, sequence_benchmark_results, set_threads,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,27 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"  memory {name}: {memory[name].get('peak_extra_mb', float('nan')):.0f} MB ({memory[name]['status']})")
     load = other_load(start_load, cpu_snapshot())
 
-    rows, results = [], {}
-    for name in MODELS:
-        t = timings[name]
-        seqs_per_s = args.batch / t.median if t.median else None
-        mem = memory.get(name, {})
-        results[name] = {"params": params[name], "gflops_per_seq": flops[name] / 1e9, "seqs_per_s": seqs_per_s,
-                         "timing": t.as_dict(), "memory": mem}
-        rows.append([name, f"{params[name] / 1e6:.2f} M", flops[name] / 1e9, seqs_per_s,
-                     mem.get("peak_extra_mb"), mem.get("peak_extra_mb_per_seq")])
-    table = markdown_table(["model", "params", "GFLOPs/seq", "fwd seqs/s", "peak extra MB", "MB/seq"], rows)
-
-    def ratio(a, b):
-        return a / b if a and b else None
-
-    bixt, tf = results["bixt"], results["transformer"]
-    summary = {
-        "throughput_ratio_bixt_over_transformer": ratio(bixt["seqs_per_s"], tf["seqs_per_s"]),
-        "memory_ratio_transformer_over_bixt": ratio(tf["memory"].get("peak_extra_mb"), bixt["memory"].get("peak_extra_mb")),
-        "flops_ratio_bixt_over_transformer": ratio(bixt["gflops_per_seq"], tf["gflops_per_seq"]),
-        "other_load_cpus": load,
-    }
+    results, table, summary = sequence_benchmark_results(MODELS, args.batch, "seq", params, flops, timings, memory,
+                                                         flops_ratio="bixt_over_transformer")
+    summary["other_load_cpus"] = load
     print(table)
     print()
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731

@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    count_flops, interleaved_timing, machine_info, markdown_table, peak_rss_of, run_memory_worker,
-    sequence_benchmark_parser, set_threads,
+    count_flops, interleaved_timing, machine_info, peak_rss_of, run_memory_worker, sequence_benchmark_parser,
+    sequence_benchmark_results, set_threads,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,27 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             memory[name] = measure_memory(name, args.batch, args.length, threads)
             log(f"  memory {name}: {memory[name].get('peak_extra_mb', float('nan')):.0f} MB ({memory[name]['status']})")
 
-    rows, results = [], {}
-    for name in MODELS:
-        t = timings[name]
-        pairs_per_s = args.batch / t.median if t.median else None
-        mem = memory.get(name, {})
-        results[name] = {"params": params[name], "gflops_per_pair": flops[name] / 1e9, "pairs_per_s": pairs_per_s,
-                         "timing": t.as_dict(), "memory": mem}
-        rows.append([name, f"{params[name] / 1e6:.2f} M", flops[name] / 1e9, pairs_per_s,
-                     mem.get("peak_extra_mb"), mem.get("peak_extra_mb_per_pair")])
-    table = markdown_table(["model", "params", "GFLOPs/pair", "fwd pairs/s", "peak extra MB", "MB/pair"], rows)
-
-    def ratio(a, b):
-        return a / b if a and b else None
-
-    bixt, tf = results["bixt"], results["transformer"]
-    summary = {
-        "throughput_ratio_bixt_over_transformer": ratio(bixt["pairs_per_s"], tf["pairs_per_s"]),
-        "memory_ratio_transformer_over_bixt": ratio(tf["memory"].get("peak_extra_mb"),
-                                                    bixt["memory"].get("peak_extra_mb")),
-        "flops_ratio_transformer_over_bixt": ratio(tf["gflops_per_pair"], bixt["gflops_per_pair"]),
-    }
+    results, table, summary = sequence_benchmark_results(MODELS, args.batch, "pair", params, flops, timings, memory,
+                                                         flops_ratio="transformer_over_bixt")
     print(table)
     print()
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731

@@ -37,7 +37,7 @@ from bixt.accel import cpu_kernel_available
 __all__ = [
     "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",
     "machine_info", "markdown_table", "set_threads", "build_model", "cpu_snapshot", "other_load",
-    "read_status_kb", "reset_peak_rss",
+    "read_status_kb", "reset_peak_rss", "sequence_benchmark_results",
 ]
 
 
@@ -427,6 +427,46 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+# --- sequence benchmarks (bench_lra.py, bench_listops.py) ------------------------------------------
+def sequence_benchmark_results(
+    names: Sequence[str], batch: int, unit: str, params: dict[str, int], flops: dict[str, int],
+    timings: dict[str, TimingResult], memory: dict[str, dict[str, Any]], *, flops_ratio: str,
+) -> tuple[dict[str, Any], str, dict[str, Optional[float]]]:
+    """Per-model results, their markdown table and the ratios of a BiXT vs Transformer benchmark.
+
+    ``unit`` is what a sample is called (``"pair"``, ``"seq"``): it names the result keys
+    (``gflops_per_<unit>``, ``<unit>s_per_s``; the memory worker's ``peak_extra_mb_per_<unit>``)
+    and the columns. ``flops_ratio`` is ``"bixt_over_transformer"`` or ``"transformer_over_bixt"``.
+    """
+    if flops_ratio not in ("bixt_over_transformer", "transformer_over_bixt"):
+        raise ValueError(f"flops_ratio must be bixt_over_transformer or transformer_over_bixt, got {flops_ratio!r}")
+    rate, gflops = f"{unit}s_per_s", f"gflops_per_{unit}"
+    results, rows = {}, []
+    for name in names:
+        t = timings[name]
+        per_s = batch / t.median if t.median else None
+        mem = memory.get(name, {})
+        results[name] = {"params": params[name], gflops: flops[name] / 1e9, rate: per_s,
+                         "timing": t.as_dict(), "memory": mem}
+        rows.append([name, f"{params[name] / 1e6:.2f} M", flops[name] / 1e9, per_s,
+                     mem.get("peak_extra_mb"), mem.get(f"peak_extra_mb_per_{unit}")])
+    table = markdown_table(["model", "params", f"GFLOPs/{unit}", f"fwd {unit}s/s", "peak extra MB", f"MB/{unit}"],
+                           rows)
+
+    def ratio(a, b):
+        return a / b if a and b else None  # None when either side has no result
+
+    bixt, tf = results["bixt"], results["transformer"]
+    over = (bixt, tf) if flops_ratio == "bixt_over_transformer" else (tf, bixt)
+    summary = {
+        "throughput_ratio_bixt_over_transformer": ratio(bixt[rate], tf[rate]),
+        "memory_ratio_transformer_over_bixt": ratio(tf["memory"].get("peak_extra_mb"),
+                                                    bixt["memory"].get("peak_extra_mb")),
+        f"flops_ratio_{flops_ratio}": ratio(over[0][gflops], over[1][gflops]),
+    }
+    return results, table, summary
 
 
 if __name__ == "__main__":

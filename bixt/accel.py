@@ -1,12 +1,13 @@
 """Opt-in eager CPU acceleration of a built model for inference: ``fast = bixt.accel.optimize(model)``.
 
 The core (:mod:`bixt.core`) is plain PyTorch. This module turns an eval-mode model into an
-inference-only copy whose linear layers multiply by weights laid out once for MKL's packed GEMM
-(the same values as ``F.linear`` bit for bit) and whose MLPs apply GELU in place on the first
-GEMM's output, in row chunks for long inputs. It uses private torch ops, so every kernel is probed
-once per process (:func:`cpu_kernel_available`); where one is missing or refuses this CPU, the
-copy runs the plain ops. bf16 autocast, autograd, CUDA and ``torch.compile`` always take the plain
-ops (for compiled CPU inference, ``torch.compile`` fuses on its own).
+inference-only copy whose linear layers multiply by weights laid out once in oneDNN's blocked
+format, with the bias added inside the GEMM (``F.linear`` instead copies the bias into the output
+first), and whose MLPs apply GELU in place on the first GEMM's output, in row chunks for long
+inputs. It uses private torch ops, so every kernel is probed once per process
+(:func:`cpu_kernel_available`); where one is missing or refuses this CPU, the copy runs the plain
+ops. bf16 autocast, autograd, CUDA and ``torch.compile`` always take the plain ops (for compiled
+CPU inference, ``torch.compile`` fuses on its own).
 
 The copy is a snapshot: its weights are buffers taken when :func:`optimize` ran. After the
 original model's weights change (an optimizer step, a checkpoint load, EMA), call it again.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,11 @@ __all__ = ["optimize", "cpu_kernel_available", "cpu_kernels_forced_off", "probe_
 
 CPU_KERNELS = ("fp32", "bf16")
 MLP_CHUNK_ROWS = 8192  # long inputs: bounds the 4x-wide hidden activation of an MLP
-_MAX_ROW_COUNTS = 4  # packed copies per layer (MKL packs for one row count): eval batch, last batch, chunks
 
 
 def probe_cpu_kernel(kind: str) -> bool:
-    """Run the kernel ``kind`` (``"fp32"``: MKL's packed GEMM, ``"bf16"``: oneDNN's bf16 GEMM) once
-    on a tiny input and check its result.
+    """Run the kernel ``kind`` (oneDNN's prepacked GEMM in ``"fp32"`` or ``"bf16"``) once on a tiny
+    input and check its result.
 
     These ops are private to torch and exist or work only on some builds and instruction sets
     (oneDNN's bf16 path needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT and refuses AVX2-only CPUs), so
@@ -39,15 +39,10 @@ def probe_cpu_kernel(kind: str) -> bool:
     """
     try:
         with torch.no_grad():
-            x, w = torch.ones(4, 8), torch.ones(8, 8)
-            if kind == "fp32":
-                packed = torch.ops.mkl._mkl_reorder_linear_weight(w, 4)
-                out = torch.ops.mkl._mkl_linear(x, packed, w, None, 4)
-            else:
-                x, w = x.to(torch.bfloat16), w.to(torch.bfloat16)
-                packed = torch.ops.mkldnn._reorder_linear_weight(w, 4)
-                out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-        return bool(torch.all(out.float() == 8.0))
+            dtype = torch.float32 if kind == "fp32" else torch.bfloat16
+            x, w, b = torch.ones(4, 8, dtype=dtype), torch.ones(8, 8, dtype=dtype), torch.ones(8, dtype=dtype)
+            out = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w), b, "none", [], "")
+        return bool(torch.all(out.float() == 9.0))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
@@ -88,34 +83,41 @@ def _packed_path(x: torch.Tensor) -> bool:
 
 
 class PackedLinear(nn.Module):
-    """Inference-only ``nn.Linear`` snapshot that multiplies by MKL-packed weights where it can."""
+    """Inference-only ``nn.Linear`` snapshot that multiplies by a oneDNN-packed weight where it can."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", linear.weight.detach().clone())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self._packed: dict[int, torch.Tensor] = {}  # row count -> packed weight
+        # One packed copy serves every row count. Not a buffer: an opaque oneDNN tensor, rebuilt
+        # from `weight` after a copy or a move (and then built by whichever thread gets there first:
+        # the same tensor either way).
+        self._packed: Optional[torch.Tensor] = None
 
-    def _packed_weight(self, rows: int) -> torch.Tensor:
-        packed = self._packed.get(rows)
+    def _packed_weight(self) -> torch.Tensor:
+        packed = self._packed
         if packed is None:
-            if len(self._packed) >= _MAX_ROW_COUNTS:
-                self._packed.pop(next(iter(self._packed)))  # the oldest row count
-            packed = self._packed[rows] = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
+            packed = self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
         return packed
 
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         if _packed_path(x) and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
-            rows = x.numel() // x.shape[-1]
-            out = torch.ops.mkl._mkl_linear(x, self._packed_weight(rows), self.weight, self.bias, rows)
+            out = torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
             return torch.ops.aten.gelu_(out) if gelu else out  # in place on the fresh GEMM output
         out = F.linear(x, self.weight, self.bias)
         return F.gelu(out) if gelu else out
 
-    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the packed copies no longer match
-        self._packed = {}
+    def _apply(self, fn, recurse=True):  # .to() / .cuda() / .half(): the packed copy no longer matches
+        self._packed = None
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # loads copy into `weight` in place
+        self._packed = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):  # deepcopy / pickle: the oneDNN tensor has no storage to copy
+        return {**self.__dict__, "_packed": None}
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -132,7 +134,7 @@ class PackedMlp(nn.Module):
         rows = x.numel() // x.shape[-1]
         if rows <= MLP_CHUNK_ROWS or not _packed_path(x):
             return self.fc2(self.fc1(x, gelu=True))
-        # Equal row chunks (so they share one packed weight) keep the hidden activation small.
+        # Equal row chunks keep the hidden activation small.
         size = -(-rows // -(-rows // MLP_CHUNK_ROWS))
         flat = x.reshape(rows, -1)
         out = torch.cat([self.fc2(self.fc1(flat[i:i + size], gelu=True)) for i in range(0, rows, size)])
@@ -159,7 +161,7 @@ def _swap(module: nn.Module) -> None:
 def optimize(model: nn.Module) -> nn.Module:
     """An inference-only copy of the eval-mode ``model`` with the eager CPU fast paths above.
 
-    Numerically the same as ``model`` in fp32 (bit for bit where the packed kernel runs); any
+    Numerically the same as ``model`` in fp32 (to rounding: oneDNN sums in its own order); any
     other dtype, autocast, autograd or device runs the plain ops. The original is left untouched.
     """
     if model.training:

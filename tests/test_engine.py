@@ -389,3 +389,50 @@ def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
     after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
+
+
+class DuckTypedAdapter:
+    """A user's adapter that does not subclass TaskAdapterBase and has none of the optional hooks."""
+
+    main_metric = "top1"
+
+    def forward(self, model, batch):
+        return model(batch[0])
+
+    def loss(self, outputs, batch):
+        return nn.functional.cross_entropy(outputs, batch[1])
+
+    def batch_size(self, batch):
+        return int(batch[0].shape[0])
+
+    def make_evaluator(self):
+        return TopKEvaluator(2)
+
+
+def test_duck_typed_adapter_without_the_base_still_trains(tmp_path):
+    from bixt.engine.task import TaskAdapterBase, as_task_adapter
+
+    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    assert 0.0 <= metrics["val/top1"] <= 100.0 and (tmp_path / "last.pth").is_file()
+    adapted = as_task_adapter(DuckTypedAdapter())
+    assert isinstance(adapted, TaskAdapterBase) and adapted.sample_name == "samples"
+    with pytest.raises(TypeError, match=r"lacks \['forward'\]"):
+        as_task_adapter(type("NoForward", (), {"main_metric": "top1", "loss": None, "batch_size": None,
+                                               "make_evaluator": None})())
+
+
+def test_overridden_hooks_of_a_base_adapter_are_used(tmp_path):
+    class Counting(ClassificationAdapter):
+        def __init__(self):
+            super().__init__(num_classes=2)
+            self.transformed = 0
+            self.checkpoint_extra = {"note": "kept"}
+
+        def train_batch_transform(self, batch):
+            self.transformed += 1
+            return batch
+
+    counting = Counting()
+    run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    assert counting.transformed == 4  # every training batch: 32 samples / batch 8
+    assert torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["note"] == "kept"

@@ -1,7 +1,10 @@
 """The base of the data errors that a task reports as one clean line, wherever they were raised."""
 from __future__ import annotations
 
-__all__ = ["DataError"]
+import contextlib
+from typing import Iterator
+
+__all__ = ["DataError", "data_errors_exit"]
 
 
 class DataError(Exception):
@@ -28,3 +31,13 @@ def _original_message(cls: type, text: str) -> str:
     marker = f"{cls.__module__}.{cls.__qualname__}: "
     _, found, message = text.rpartition(marker)
     return message.rstrip("\n") if found else text
+
+
+@contextlib.contextmanager
+def data_errors_exit() -> Iterator[None]:
+    """A task's entry point: a :class:`DataError` (a bad input file, raised here or in a worker)
+    ends the process with its message as one line, ``error: ...``, instead of a traceback."""
+    try:
+        yield
+    except DataError as err:
+        raise SystemExit(f"error: {err.message}") from None

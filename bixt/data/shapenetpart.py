@@ -23,11 +23,13 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 
 from bixt.data.cache import default_cache_dir
+from bixt.data.errors import DataError
 from bixt.data.partseg import PartSegInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SHAPENET_FOLDER", "SHAPENET_INFO", "READER_VERSION", "load_shapenetpart"]
+__all__ = ["SHAPENET_FOLDER", "SHAPENET_INFO", "READER_VERSION", "ShapeNetPartDataError", "ShapeNetPartMissingError",
+           "load_shapenetpart"]
 
 #: Name of the extracted ShapeNetPart archive folder.
 SHAPENET_FOLDER = "shapenetcore_partanno_segmentation_benchmark_v0_normal"
@@ -39,6 +41,14 @@ SHAPENET_INFO = PartSegInfo(
 _SPLIT_FILE = "shuffled_{}_file_list.json"
 
 
+class ShapeNetPartDataError(DataError, ValueError):
+    """A ShapeNetPart input file or folder is malformed; the message names it."""
+
+
+class ShapeNetPartMissingError(ShapeNetPartDataError, FileNotFoundError):
+    """A ShapeNetPart folder or file is missing (also a FileNotFoundError, for callers catching that)."""
+
+
 def _find_shapenet_folder(root: str | os.PathLike) -> Path:
     """The folder holding ``train_test_split``: ``root`` itself, ``root/<archive folder>`` or ``root/raw``."""
     root = Path(root).expanduser()
@@ -46,8 +56,8 @@ def _find_shapenet_folder(root: str | os.PathLike) -> Path:
         if (candidate / "train_test_split").is_dir():
             return candidate.resolve()
     if not root.exists():
-        raise FileNotFoundError(f"ShapeNetPart root {str(root)!r} does not exist")
-    raise FileNotFoundError(
+        raise ShapeNetPartMissingError(f"ShapeNetPart root {str(root)!r} does not exist")
+    raise ShapeNetPartMissingError(
         f"no ShapeNetPart data under {str(root)!r}: expected a 'train_test_split' folder in it or in "
         f"{str(root / SHAPENET_FOLDER)!r}. Point data.root at the extracted {SHAPENET_FOLDER} folder "
         "(or the folder holding it)"
@@ -58,16 +68,16 @@ def _split_names(folder: Path, split: str) -> list[str]:
     """Shape paths ``<synset>/<id>.txt`` listed by a split file, in file order."""
     path = folder / "train_test_split" / _SPLIT_FILE.format(split)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ShapeNetPartMissingError(
             f"split file {str(path)!r} is missing; ShapeNetPart needs train_test_split/"
             f"{_SPLIT_FILE.format('{train,val,test}')}"
         )
     try:
         entries = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"split file {str(path)!r} is not valid JSON: {err}") from err
+        raise ShapeNetPartDataError(f"split file {str(path)!r} is not valid JSON: {err}") from err
     if not isinstance(entries, list) or not all(isinstance(e, str) and e.count("/") >= 2 for e in entries):
-        raise ValueError(
+        raise ShapeNetPartDataError(
             f"split file {str(path)!r} must be a JSON list of 'shape_data/<synset>/<shape id>' strings"
         )
     # PyG drops the leading 'shape_data/' in the same way.
@@ -83,15 +93,15 @@ _COLUMNS = "'x y z nx ny nz label'"
 def _read_shape_rows(raw_path: str, path: str) -> np.ndarray:
     """The (N, 7) float64 rows of one shape file; errors name the user's ``path``."""
     if osp.getsize(raw_path) == 0:
-        raise ValueError(f"shape file {path!r} is empty (an empty cloud)")
+        raise ShapeNetPartDataError(f"shape file {path!r} is empty (an empty cloud)")
     try:
         rows = np.loadtxt(raw_path, dtype=np.float64, ndmin=2)  # ndmin: a one-row file stays 2-D
     except ValueError as err:  # ragged or non-numeric rows
-        raise ValueError(f"could not parse shape file {path!r} ({err}); expected rows {_COLUMNS}") from None
+        raise ShapeNetPartDataError(f"could not parse shape file {path!r} ({err}); expected rows {_COLUMNS}") from None
     if rows.shape[0] == 0:
-        raise ValueError(f"shape file {path!r} is empty (an empty cloud)")
+        raise ShapeNetPartDataError(f"shape file {path!r} is empty (an empty cloud)")
     if rows.shape[1] != 7:
-        raise ValueError(f"shape file {path!r} has {rows.shape[1]} columns, expected 7 ({_COLUMNS} per row)")
+        raise ShapeNetPartDataError(f"shape file {path!r} has {rows.shape[1]} columns, expected 7 ({_COLUMNS} per row)")
     return rows
 
 
@@ -99,21 +109,22 @@ def _validate_rows(rows: np.ndarray, path: str, allowed: Sequence[int]) -> None:
     """Reject what would otherwise turn silently into wrong labels or NaN predictions."""
     bad_rows = ~np.isfinite(rows).all(axis=1)
     if bad_rows.any():
-        raise ValueError(f"shape file {path!r} has NaN/inf coordinates, normals or labels "
+        raise ShapeNetPartDataError(f"shape file {path!r} has NaN/inf coordinates, normals or labels "
                          f"(0-based rows {np.flatnonzero(bad_rows)[:5].tolist()}...)")
     labels = rows[:, 6]
     fractional = labels != np.round(labels)
     if fractional.any():  # a cast to long would truncate 1.7 to 1 without a word
         row = int(np.argmax(fractional))
-        raise ValueError(f"shape file {path!r} has a non-integer part label {labels[row]:g} in 0-based row {row}; "
-                         "labels must be whole numbers")
+        raise ShapeNetPartDataError(f"shape file {path!r} has a non-integer part label {labels[row]:g} in 0-based "
+                                    f"row {row}; labels must be whole numbers")
     wrong = sorted(set(labels.astype(np.int64).tolist()) - set(allowed))
     if wrong:
-        raise ValueError(f"shape file {path!r} has part labels {wrong} outside its category's labels {list(allowed)}")
+        raise ShapeNetPartDataError(f"shape file {path!r} has part labels {wrong} outside its category's labels "
+                                    f"{list(allowed)}")
     pos = rows[:, :3]
     if (pos.max(axis=0) == pos.min(axis=0)).all():  # no extent: normalising it to the unit sphere divides by 0
-        raise ValueError(f"shape file {path!r} has {len(pos)} point(s), all at {pos[0].tolist()}: a shape needs "
-                         "points at two or more positions; remove it from the split files")
+        raise ShapeNetPartDataError(f"shape file {path!r} has {len(pos)} point(s), all at {pos[0].tolist()}: a shape "
+                                    "needs points at two or more positions; remove it from the split files")
 
 
 class _CheckedShapeNet(ShapeNet):
@@ -137,7 +148,7 @@ class _CheckedShapeNet(ShapeNet):
                 continue
             user_path, raw_path = str(self.source / name), osp.join(self.raw_dir, name)
             if not osp.isfile(raw_path):
-                raise FileNotFoundError(f"shape file {user_path!r} is listed in a split file but does not exist")
+                raise ShapeNetPartMissingError(f"shape file {user_path!r} is listed in a split file but does not exist")
             rows = _read_shape_rows(raw_path, user_path)
             _validate_rows(rows, user_path, ShapeNet.seg_classes[name_of[synset]])
             table = torch.from_numpy(rows).float()
@@ -192,14 +203,15 @@ def _check_categories(folder: Path, categories: Sequence[str], split_names: dict
     missing = [c for c in categories if not has_shapes(c)] if chosen else []
     if missing:
         present = [c for c in ShapeNet.category_ids if has_shapes(c)]
-        raise ValueError(f"data.categories: no shapes of {missing} in {str(folder)!r} (synset folders "
+        raise ShapeNetPartDataError(f"data.categories: no shapes of {missing} in {str(folder)!r} (synset folders "
                          f"{[ShapeNet.category_ids[c] for c in missing]} are missing or empty); categories with "
                          f"shapes there: {present}")
     synsets = {ShapeNet.category_ids[c] for c in categories}
     for split, names in split_names.items():
         if not any(n.split(osp.sep)[0] in synsets for n in names):
-            raise ValueError(f"split file {str(folder / 'train_test_split' / _SPLIT_FILE.format(split))!r} lists no "
-                             f"shapes of the categories {list(categories)}; every split needs some")
+            path = folder / "train_test_split" / _SPLIT_FILE.format(split)
+            raise ShapeNetPartDataError(f"split file {str(path)!r} lists no shapes of the categories "
+                                        f"{list(categories)}; every split needs some")
 
 def _link_raw(folder: Path, cache_root: Path) -> None:
     """``cache_root/raw`` mirrors ``folder`` with symlinks; absent synsets become empty folders there.
@@ -254,7 +266,7 @@ def load_shapenetpart(
     if categories is None:
         categories = [c for c, sid in ShapeNet.category_ids.items() if (folder / sid).is_dir()]
         if not categories:
-            raise FileNotFoundError(f"no synset folders (e.g. 02691156 for Airplane) found in {str(folder)!r}")
+            raise ShapeNetPartMissingError(f"no synset folders (e.g. 02691156 for Airplane) found in {str(folder)!r}")
     categories = list(categories)
     unknown = [c for c in categories if c not in ShapeNet.category_ids]
     if unknown:

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -27,7 +26,7 @@ from bixt.engine.reporting import METRICS_JSONL, MetricsWriter, format_metrics, 
 from bixt.engine.resume import Layout, effective_batch, load_optimizer_state, plan_resume
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded, seed_everything)
-from bixt.engine.task import TaskAdapter
+from bixt.engine.task import TaskAdapter, as_task_adapter, move_to_device  # noqa: F401 - re-exported
 from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
@@ -74,22 +73,6 @@ def process_settings_restored() -> Iterator[None]:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors inside (nested) dicts, lists, tuples and namedtuples moved to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()}) if isinstance(batch, dict) \
-            else {k: move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(move_to_device(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-
-
 def warn_if_few_updates(tcfg: TrainerConfig, updates_per_epoch: int, train_size: int, global_batch: int) -> bool:
     """Warn when the whole run makes fewer optimizer steps than ``trainer.min_updates``: a small
     data set at the default length trains a few hundred steps and stops far from converged."""
@@ -108,7 +91,8 @@ class _Engine:
     def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, ocfg: OptimConfig, env: DistEnv,
                  model: nn.Module, adapter: TaskAdapter, collate_fn):
         self.cfg, self.tcfg, self.ocfg, self.env = cfg, tcfg, ocfg, env
-        self.adapter, self.collate_fn = adapter, collate_fn
+        # the one place a duck-typed adapter gets the default hooks; the engine then calls them directly
+        self.adapter, self.collate_fn = as_task_adapter(adapter), collate_fn
         self.device = env.device
         self._setup_logging()
         self._setup_backends()
@@ -121,7 +105,7 @@ class _Engine:
         self.run_dir = Path(broadcast_object(str(run_dir), env))
         self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
         self.config_dict = self._resolved_config()
-        self.sample_name = getattr(adapter, "sample_name", "samples")
+        self.sample_name = self.adapter.sample_name
         self.show_bar = show_progress(tcfg.progress, env.is_main)
         self.checkpoint_extra = self._checkpoint_extra()
         if env.is_main and not tcfg.eval_only:
@@ -216,7 +200,7 @@ class _Engine:
             ckpt_io.atomic_write_text(text, self.run_dir / "config.yaml")
 
     def _checkpoint_extra(self) -> dict[str, Any]:
-        extra = dict(getattr(self.adapter, "checkpoint_extra", None) or {})
+        extra = dict(self.adapter.checkpoint_extra or {})
         clash = sorted(set(extra) & _CHECKPOINT_KEYS)
         if clash:
             raise ValueError(f"adapter.checkpoint_extra uses keys the engine writes itself: {clash}")
@@ -234,8 +218,7 @@ class _Engine:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _to_device(self, batch: Any) -> Any:
-        hook = getattr(self.adapter, "to_device", None)
-        return hook(batch, self.device) if hook is not None else move_to_device(batch, self.device)
+        return self.adapter.to_device(batch, self.device)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler, drop_last: bool, seed: int) -> DataLoader:
         tcfg = self.tcfg
@@ -434,7 +417,7 @@ class _Engine:
             raise KeyError(f"adapter.main_metric={self.adapter.main_metric!r} is not among the evaluator's "
                            f"metrics {sorted(k[4:] for k in record if k.startswith('val/'))}")
         value = record[key]
-        maximize = getattr(self.adapter, "main_metric_mode", "max") == "max"
+        maximize = self.adapter.main_metric_mode == "max"
         if self.best is None or (value > self.best if maximize else value < self.best):
             self.best = value
             return True
@@ -489,14 +472,12 @@ class _Engine:
         batches = rng_guarded(loader) if tcfg.num_workers == 0 else loader
         bar = progress_bar(batches, total=batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{tcfg.epochs}",
                            enabled=self.show_bar)
-        train_hook = getattr(self.adapter, "train_batch_transform", None)
         for batch_idx, batch in enumerate(bar, start=first):
             group_start = (batch_idx // acc) * acc
             group_len = min(acc, batches_per_epoch - group_start)  # the last group of an epoch may be short
             is_update = batch_idx + 1 == group_start + group_len
             batch = self._to_device(batch)
-            if train_hook is not None:
-                batch = train_hook(batch)
+            batch = self.adapter.train_batch_transform(batch)
             sync = self.ddp.no_sync() if (self.ddp is not None and not is_update) else contextlib.nullcontext()
             with sync:
                 with self._autocast():

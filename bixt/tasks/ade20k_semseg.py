@@ -26,17 +26,18 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bixt.data.builder import build_data
-from bixt.data.errors import DataError
+from bixt.data.errors import data_errors_exit
 from bixt.data.seg_transforms import IGNORE_INDEX, as_pair, collate_segmentation
 from bixt.engine import run, seed_everything, trainer_config
 from bixt.engine.checkpointing import run_checkpoint_classes
+from bixt.engine.task import TaskAdapterBase
 from bixt.metrics.semseg import SemSegEvaluator, format_class_table
 from bixt.models.segmentation import BiXTSegmenter, nearest_multiples, segment
 
 log = logging.getLogger("bixt.tasks.ade20k_semseg")
 
 
-class SemSegAdapter:
+class SemSegAdapter(TaskAdapterBase):
     """Tells the engine how to run, score and evaluate a segmentation batch ``{"image", "labels", "name"}``.
 
     Training: ``model(images)`` and pixel-wise cross-entropy (255 ignored) on logits at the label
@@ -46,7 +47,6 @@ class SemSegAdapter:
     """
 
     main_metric = "miou"
-    main_metric_mode = "max"
     sample_name = "img"
 
     def __init__(self, *, class_names: Sequence[str], eval_mode: str = "whole",
@@ -146,10 +146,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path="../configs/ade20k_semseg", config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    try:
+    with data_errors_exit():  # a bad input file: one line naming it, no traceback
         metrics = train(cfg)
-    except DataError as err:  # a bad input file: the message names it and the value, no traceback
-        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/miou")
 
 

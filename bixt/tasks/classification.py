@@ -13,6 +13,7 @@ from timm.data import Mixup
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
+from bixt.engine.task import TaskAdapterBase
 from bixt.metrics.classification import TopKEvaluator
 
 
@@ -28,11 +29,10 @@ def build_loss(name: str = "ce", smoothing: float = 0.0, mixup: bool = False,
     raise ValueError(f"loss.name must be 'ce' or 'bce', got {name!r}")
 
 
-class ClassificationAdapter:
+class ClassificationAdapter(TaskAdapterBase):
     """Task adapter for batches ``(inputs, labels)`` and models returning logits."""
 
     main_metric = "top1"
-    main_metric_mode = "max"
 
     def __init__(self, num_classes: int, loss: str = "ce", smoothing: float = 0.0,
                  mixup: Optional[dict[str, Any]] = None, bce_target_thresh: Optional[float] = None,

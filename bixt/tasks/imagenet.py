@@ -24,7 +24,7 @@ from torch import nn
 
 import bixt  # noqa: F401  (registers the BiXT models with timm)
 from bixt.data.builder import build_data
-from bixt.data.images import BadImageError
+from bixt.data.errors import data_errors_exit
 from bixt.engine import run, seed_everything, trainer_config
 from bixt.engine.checkpointing import run_checkpoint_classes
 from bixt.tasks.classification import ClassificationAdapter
@@ -107,10 +107,8 @@ def train_imagenet(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path="../configs/imagenet", config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    try:
+    with data_errors_exit():  # a bad input file: one line naming it, no traceback
         metrics = train_imagenet(cfg)
-    except BadImageError as err:  # a clean message naming the file, not a traceback (also from a worker)
-        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/top1")
 
 

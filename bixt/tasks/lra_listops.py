@@ -26,7 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bixt.data.builder import build_data
-from bixt.data.listops import DIGITS, NUM_CLASSES, ListOpsCollate, ListOpsFormatError, vocabulary
+from bixt.data.errors import data_errors_exit
+from bixt.data.listops import DIGITS, NUM_CLASSES, ListOpsCollate, vocabulary
 from bixt.engine import run, seed_everything
 from bixt.models.text import SequenceClassifier
 from bixt.tasks.classification import ClassificationAdapter
@@ -64,10 +65,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path="../configs/lra_listops", config_name="config")
 def main(cfg: DictConfig) -> float:
-    try:
+    with data_errors_exit():  # a bad input file: one line naming it, no traceback
         metrics = train(cfg)
-    except ListOpsFormatError as err:
-        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/top1", float("nan"))
 
 

@@ -29,7 +29,9 @@ from torch import nn
 
 from bixt.data.aan import RetrievalCollate
 from bixt.data.builder import build_data
+from bixt.data.errors import data_errors_exit
 from bixt.engine import run, seed_everything
+from bixt.engine.task import TaskAdapterBase
 from bixt.heads.retrieval import DualEncoderRetriever
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class RetrievalEvaluator:
         }
 
 
-class RetrievalAdapter:
+class RetrievalAdapter(TaskAdapterBase):
     """Tells the engine how to run, score and evaluate a batch of document pairs."""
 
     main_metric = "accuracy"
@@ -111,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path="../configs/lra_retrieval", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    with data_errors_exit():  # a bad input file: one line naming it, no traceback
+        metrics = train(cfg)
     return metrics.get("val/accuracy", float("nan"))
 
 

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bixt.data.builder import build_data
-from bixt.data.modelnet import ModelNetDataError
+from bixt.data.errors import data_errors_exit
 from bixt.engine import run, seed_everything, trainer_config
 from bixt.engine.checkpointing import run_checkpoint_classes
 from bixt.models.point import PointClassifier
@@ -86,10 +86,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path="../configs/modelnet40_cls", config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    try:
+    with data_errors_exit():  # a bad input file: one line naming it, no traceback
         metrics = train(cfg)
-    except ModelNetDataError as err:  # a bad input file: the message names it (and the line), no traceback
-        raise SystemExit(f"error: {err.message}") from None
     return metrics.get("val/top1")
 
 

@@ -24,15 +24,17 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bixt.data.builder import build_data
+from bixt.data.errors import data_errors_exit
 from bixt.data.partseg import IGNORE_LABEL, PartSegInfo, collate_point_clouds
 from bixt.engine import run, seed_everything
+from bixt.engine.task import TaskAdapterBase
 from bixt.heads.segmentation import PointSegmenter
 from bixt.metrics.partseg import PartSegEvaluator, format_category_table
 
 log = logging.getLogger(__name__)
 
 
-class PartSegAdapter:
+class PartSegAdapter(TaskAdapterBase):
     """Tells the engine how to run, score and evaluate a part-segmentation batch."""
 
     main_metric = "instance_miou"
@@ -93,7 +95,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base=None, config_path="../configs/shapenet_partseg", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    with data_errors_exit():  # a bad input file: one line naming it, no traceback
+        metrics = train(cfg)
     return metrics.get("val/instance_miou", float("nan"))
 
 
