@@ -78,12 +78,12 @@ Example (a task entry point)::
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, register_configs, trainer_config
 from bixt.engine.distributed import DistEnv, init_distributed
 from bixt.engine.reproducibility import seed_everything
-from bixt.engine.task import Evaluator, TaskAdapter
-from bixt.engine.trainer import move_to_device, run
+from bixt.engine.task import Evaluator, TaskAdapter, TaskAdapterBase, move_to_device
+from bixt.engine.trainer import run
 
 register_configs()
 
 __all__ = [
     "run", "seed_everything", "init_distributed", "DistEnv", "TrainerConfig", "OptimConfig",
-    "trainer_config", "optim_config", "TaskAdapter", "Evaluator", "move_to_device",
+    "trainer_config", "optim_config", "TaskAdapter", "TaskAdapterBase", "Evaluator", "move_to_device",
 ]

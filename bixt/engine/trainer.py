@@ -26,7 +26,7 @@ from bixt.engine.reporting import METRICS_JSONL, MetricsWriter, format_metrics, 
 from bixt.engine.resume import Layout, effective_batch, load_optimizer_state, plan_resume
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded, seed_everything)
-from bixt.engine.task import TaskAdapter, as_task_adapter, move_to_device  # noqa: F401 - re-exported
+from bixt.engine.task import TaskAdapter, as_task_adapter
 from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
