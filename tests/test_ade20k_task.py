@@ -3,8 +3,6 @@ ADEChallengeData2016 folder of real files (linear and Semantic FPN heads), eval_
 checkpoint, sliding-window inference, the stride check, the one-line data errors and --help."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,8 +17,8 @@ from bixt.tasks.ade20k_semseg import build_model, check_sizes, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ade20k_data import snapshot, write_ade_folder  # noqa: E402
+from task_runner import REPO, run_task_module
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "bixt" / "configs" / "ade20k_semseg")
 
 TINY_MODEL = [
@@ -134,10 +132,8 @@ def test_bad_label_from_a_worker_is_one_clean_line(tmp_path):
     assert "expected 0 = other (ignored), 1..4 for data.num_classes=4" in line
 
 
-def _run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "bixt.tasks.ade20k_semseg", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def _run_module(args: list[str], cwd: Path):
+    return run_task_module("bixt.tasks.ade20k_semseg", args, cwd)
 
 
 @pytest.mark.e2e

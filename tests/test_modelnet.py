@@ -2,9 +2,6 @@
 the embedded generator (deterministic), the point classifier, and the task end to end."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from bixt.data.modelnet import (SOLID_CLASSES, ModelNetDataError, PointClassificationDataset,
                                 load_modelnet40, make_solids, read_shape_file)
 from bixt.tasks.modelnet40_cls import build_model, train
+from task_runner import REPO, run_task_module
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "bixt" / "configs" / "modelnet40_cls")
 
 TINY_ENCODER = [
@@ -177,10 +174,8 @@ def test_too_few_points_for_the_tokeniser_is_a_config_error(tmp_path):
         train(_compose(TINY + TINY_SOLIDS + ["data.num_points=4", f"trainer.run_dir={tmp_path}"]))
 
 
-def _run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "bixt.tasks.modelnet40_cls", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def _run_module(args: list[str], cwd: Path):
+    return run_task_module("bixt.tasks.modelnet40_cls", args, cwd)
 
 
 @pytest.mark.e2e

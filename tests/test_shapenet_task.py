@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +10,8 @@ from hydra import compose, initialize_config_dir
 
 from bixt.tasks.shapenet_partseg import train
 from test_shapenet_data import write_shapenet_folder
+from task_runner import REPO, run_task_module
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "bixt" / "configs" / "shapenet_partseg")
 
 # A tiny model and a short run: behaviour, not accuracy.
@@ -32,10 +29,8 @@ def _compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def _run_module(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "bixt.tasks.shapenet_partseg", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def _run_module(args: list[str], cwd: Path):
+    return run_task_module("bixt.tasks.shapenet_partseg", args, cwd)
 
 
 def test_default_composition_is_the_embedded_set():

@@ -62,7 +62,6 @@ class CrossBlock(nn.Module):
             tokens = tokens + self.drop_path_tokens(self.mlp_ls_tokens(self.mlp_tokens(self.mlp_norm_tokens(tokens))))
         return latents, tokens, maps
 
-
     def drop_latent_update(self) -> None:
         """Keep the token side only: for a last layer whose latents nothing reads (a dense head on
         the tokens), so that no work and no parameter is spent on a latent update."""

@@ -106,7 +106,8 @@ class SemSegEvaluator:
 
     ``update(logits, batch)``: logits (B, C, h, w), ``batch["labels"]`` (B, H, W) int64; logits of
     another size are bilinearly upsampled to the labels' size first (scoring at the original
-    resolution). For images of different sizes, lists: logits (1, C, h, w) and labels (H, W) per image. The state sums across DDP ranks. No host sync per batch.
+    resolution). For images of different sizes, lists: logits (1, C, h, w) and labels (H, W) per
+    image. The state sums across DDP ranks. No host sync per batch.
     """
 
     def __init__(self, *, num_classes: int, class_names: Sequence[str], ignore_index: int = 255) -> None:
