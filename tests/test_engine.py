@@ -445,3 +445,59 @@ def test_overridden_hooks_of_a_base_adapter_are_used(tmp_path):
     run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, NoisyBlobs(32), NoisyBlobs(8, seed=1))
     assert counting.transformed == 4  # every training batch: 32 samples / batch 8
     assert torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["note"] == "kept"
+
+
+# ----------------------------------------------------------------------------- precision (issue 24)
+class DtypeSpy(ClassificationAdapter):
+    """Records the dtype of the training logits (bf16 under bf16 autocast)."""
+
+    def __init__(self):
+        super().__init__(num_classes=2)
+        self.dtypes = set()
+
+    def loss(self, outputs, batch):
+        self.dtypes.add(outputs.dtype)
+        return super().loss(outputs, batch)
+
+
+@pytest.mark.parametrize("probe, dtype, line", [
+    ((True, "AMX"), torch.bfloat16, "amp=bf16 (native bf16 GEMMs: AMX)"),
+    ((False, "AVX2"), torch.float32, "amp=fp32 (no native bf16 GEMMs on this CPU: AVX2)")])
+def test_amp_auto_trains_in_bf16_only_where_the_cpu_has_native_bf16_gemms(tmp_path, monkeypatch, caplog,
+                                                                         probe, dtype, line):
+    from bixt.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: probe)
+    spy = DtypeSpy()
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(make_cfg(tmp_path, epochs=1, max_steps=2), tiny_model(), spy, NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    assert spy.dtypes == {dtype} and line in caplog.text
+
+
+def test_forced_bf16_on_a_cpu_without_native_bf16_warns_once(tmp_path, monkeypatch, caplog):
+    from bixt.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "AVX2"))
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(make_cfg(tmp_path, epochs=1, max_steps=3, amp="bf16"), tiny_model(), adapter(), NoisyBlobs(32),
+            NoisyBlobs(8, seed=1))
+    slower = [r for r in caplog.records if "slower than fp32" in r.getMessage()]
+    assert len(slower) == 1 and slower[0].levelname == "WARNING" and "(AVX2)" in slower[0].getMessage()
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (True, "AVX-512 BF16"))
+    caplog.clear()
+    assert precision.autocast_dtype("bf16", torch.device("cpu"))[0] == torch.bfloat16 and not caplog.records
+
+
+def test_the_cpu_probe_reads_the_native_bf16_flags(monkeypatch):
+    from bixt.engine import precision
+
+    try:
+        for flags, native, what in (({"avx2", "avx512f", "amx_bf16"}, True, "AMX"),
+                                    ({"avx512f", "avx512_bf16"}, True, "AVX-512 BF16"),
+                                    ({"avx2", "fma"}, False, torch.backends.cpu.get_cpu_capability())):
+            monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+            precision.cpu_bf16_support.cache_clear()
+            assert precision.cpu_bf16_support() == (native, what)
+    finally:
+        monkeypatch.undo()
+        precision.cpu_bf16_support.cache_clear()

@@ -21,6 +21,7 @@ from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer
 from bixt.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup,
                                      gather_objects, init_distributed)
 from bixt.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from bixt.engine.precision import autocast_dtype
 from bixt.engine.reporting import (LossMeter, MetricsWriter, checkpoint_position, format_metrics, progress_bar,
                                    show_progress)
 from bixt.engine.resume import Layout, effective_batch, load_optimizer_state, plan_resume
@@ -37,8 +38,7 @@ log = logging.getLogger("bixt.engine")
 _CHECKPOINT_KEYS = {"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch",
                     "global_step", "epoch_sums", "best", "rng", "world_size", "config", "arch", "layout"}
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-               "float16": torch.float16, "fp32": None, "float32": None, "none": None}
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
 def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
@@ -99,7 +99,8 @@ class _Engine:
         self.adapter, self.collate_fn = check_adapter(adapter), collate_fn
         self.device = env.device
         self._setup_process()
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype, why = autocast_dtype(tcfg.amp, self.device)
+        log.info("amp=%s (%s)", _DTYPE_NAMES[self.amp_dtype], why)
         self._setup_sources()
         self.config_dict = self._resolved_config()
         self.sample_name = self.adapter.sample_name
@@ -138,19 +139,6 @@ class _Engine:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-
-    def _amp_dtype(self) -> Optional[torch.dtype]:
-        amp = str(self.tcfg.amp).lower()
-        if amp in ("auto", "true"):
-            return torch.bfloat16 if self.device.type == "cuda" else None
-        if amp == "false":
-            return None
-        if amp not in _AMP_DTYPES:
-            raise ValueError(f"trainer.amp={self.tcfg.amp!r}; expected auto, bf16, fp16 or fp32")
-        dtype = _AMP_DTYPES[amp]
-        if dtype == torch.float16 and self.device.type != "cuda":
-            raise ValueError("trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16 or fp32")
-        return dtype
 
     def _setup_sources(self) -> None:
         """What the run reads and where it goes. eval_only reads a checkpoint (trainer.resume names a
@@ -214,8 +202,7 @@ class _Engine:
             self.metrics = MetricsWriter(self.run_dir, enabled=self.env.is_main)
             if self.env.is_main and not self.tcfg.eval_only:
                 ckpt_io.remove_stale_temp_files(self.run_dir)  # the lock says no write is in progress
-            log.info("run dir %s | device %s | world size %d | amp %s", self.run_dir, self.device,
-                     self.env.world_size, self.amp_dtype or "off")
+            log.info("run dir %s | device %s | world size %d", self.run_dir, self.device, self.env.world_size)
             yield
         finally:
             if lock is not None:
