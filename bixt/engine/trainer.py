@@ -7,7 +7,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -157,7 +157,7 @@ class _Engine:
             self.base_dir = base_dir(tcfg, self.resume_path)
             # resume=auto with nothing to resume starts fresh where it was pointed
             asked_to_resume = self.resume_path is not None or str(tcfg.resume).lower() == "auto"
-            refuse_overwrite(self.base_dir, resuming=asked_to_resume)
+            self._on_main(lambda: refuse_overwrite(self.base_dir, resuming=asked_to_resume))
 
     def _setup_model(self, model: nn.Module) -> None:
         """Initial weights, then the wrappers: SyncBatchNorm, EMA, DDP, torch.compile."""
@@ -182,23 +182,34 @@ class _Engine:
             self.eval_model = torch.compile(self.raw_model, mode=tcfg.compile_mode)
         self.train_model = train_model
 
-    @contextlib.contextmanager
-    def _claimed_run_dir(self) -> Iterator[None]:
-        """The run directory, locked by rank 0 for the run's duration; every rank gets its path (or
-        the error that refused it, so that no rank waits for the others in vain)."""
-        lock, error = None, None
+    def _on_main(self, decide: Callable[[], Any]) -> Any:
+        """``decide()`` on rank 0, its result (or the RunDirError it raised) on every rank: all
+        ranks stop together instead of waiting for rank 0 in vain, and no rank sees the directory
+        after another one wrote to it."""
+        result, error = None, None
         if self.env.is_main:
             try:
-                lock = claim_eval_dir(self.base_dir) if self.tcfg.eval_only else RunDirLock(self.base_dir)
-                if not self.tcfg.eval_only:
-                    lock.acquire()
+                result = decide()
             except RunDirError as err:
-                lock, error = None, err.message
-        path, error = broadcast_object((str(lock.directory) if lock else None, error), self.env)
+                error = err.message
+        error = broadcast_object(error, self.env)
         if error is not None:
             raise RunDirError(error)
+        return result
+
+    def _claim(self) -> RunDirLock:
+        if self.tcfg.eval_only:
+            return claim_eval_dir(self.base_dir)
+        lock = RunDirLock(self.base_dir)
+        lock.acquire()
+        return lock
+
+    @contextlib.contextmanager
+    def _claimed_run_dir(self) -> Iterator[None]:
+        """The run directory, locked by rank 0 for the run's duration; every rank gets its path."""
+        lock = self._on_main(self._claim)
         try:
-            self.run_dir = Path(path)
+            self.run_dir = Path(broadcast_object(str(lock.directory) if lock else None, self.env))
             self.metrics = MetricsWriter(self.run_dir, enabled=self.env.is_main)
             if self.env.is_main and not self.tcfg.eval_only:
                 ckpt_io.remove_stale_temp_files(self.run_dir)  # the lock says no write is in progress
