@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from bixt.engine import TrainerConfig, optim_config, run, seed_everything, trainer_config
+from bixt.engine import TaskAdapter, TrainerConfig, optim_config, run, seed_everything, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_training_checkpoint, resolve_resume
 from bixt.metrics.classification import TopKEvaluator
 from bixt.tasks.classification import ClassificationAdapter
@@ -43,7 +43,8 @@ def tiny_model(dropout: float = 0.1) -> nn.Module:
 
 
 def make_cfg(tmp_path, **trainer):
-    base = dict(epochs=2, batch_size=8, num_workers=0, run_dir=str(tmp_path), log_every=0, progress=False)
+    base = dict(epochs=2, batch_size=8, num_workers=0, run_dir=None if tmp_path is None else str(tmp_path),
+                log_every=0, progress=False)
     base.update(trainer)
     return OmegaConf.create({"trainer": base, "optim": {"name": "adamw", "lr": 5e-2, "warmup_epochs": 1,
                                                         "min_lr": 1e-4}})
@@ -266,6 +267,8 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     assert a["global_step"] == b["global_step"] == 2
     for name, tensor in a["state_dict"].items():
         torch.testing.assert_close(tensor, b["state_dict"][name], rtol=0, atol=1e-6)
+    moved = [not torch.equal(t, tiny_model(0.0).state_dict()[name]) for name, t in a["state_dict"].items()]
+    assert all(moved)  # equal because both took the same steps, not because neither took any
 
 
 def test_eval_only_loads_the_checkpoint_and_reports(tmp_path):
@@ -286,8 +289,10 @@ def test_non_finite_loss_stops_with_advice(tmp_path):
 
 
 def test_a_training_set_smaller_than_a_batch_still_trains(tmp_path):
-    metrics = run(make_cfg(tmp_path, batch_size=64), tiny_model(), adapter(), NoisyBlobs(10), NoisyBlobs(8))
-    assert metrics["step"] == 2  # one batch of 10 per epoch
+    metrics = run(make_cfg(tmp_path, epochs=6, batch_size=64), tiny_model(), adapter(), NoisyBlobs(10), NoisyBlobs(8))
+    assert metrics["step"] == 6  # one batch of 10 per epoch
+    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.7 * losses[0], losses  # it learns (without the optimizer step it stays at ~0.70)
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path):
@@ -392,7 +397,7 @@ def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
 
 
 class DuckTypedAdapter:
-    """A user's adapter that does not subclass TaskAdapterBase and has none of the optional hooks."""
+    """A user's adapter with every required member but without the TaskAdapter base."""
 
     main_metric = "top1"
 
@@ -409,16 +414,20 @@ class DuckTypedAdapter:
         return TopKEvaluator(2)
 
 
-def test_duck_typed_adapter_without_the_base_still_trains(tmp_path):
-    from bixt.engine.task import TaskAdapterBase, as_task_adapter
+def test_an_adapter_without_the_base_is_refused_naming_it(tmp_path):
+    with pytest.raises(TypeError, match=r"DuckTypedAdapter is not a bixt.engine.TaskAdapter: subclass it"):
+        run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    assert not tmp_path.joinpath("config.yaml").exists()
+    # the same members on the base train; one missing is named when the adapter is built
+    class Based(DuckTypedAdapter, TaskAdapter):
+        pass
 
-    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
-    assert 0.0 <= metrics["val/top1"] <= 100.0 and (tmp_path / "last.pth").is_file()
-    adapted = as_task_adapter(DuckTypedAdapter())
-    assert isinstance(adapted, TaskAdapterBase) and adapted.sample_name == "samples"
-    with pytest.raises(TypeError, match=r"lacks \['forward'\]"):
-        as_task_adapter(type("NoForward", (), {"main_metric": "top1", "loss": None, "batch_size": None,
-                                               "make_evaluator": None})())
+    based = Based
+    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), based(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    assert metrics["step"] == 4 and based().sample_name == "samples" and based().main_metric_mode == "max"
+    no_forward = type("NoForward", (TaskAdapter,), {k: v for k, v in vars(DuckTypedAdapter).items() if k != "forward"})
+    with pytest.raises(TypeError, match="abstract method.*forward"):
+        no_forward()
 
 
 def test_overridden_hooks_of_a_base_adapter_are_used(tmp_path):
@@ -436,3 +445,59 @@ def test_overridden_hooks_of_a_base_adapter_are_used(tmp_path):
     run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, NoisyBlobs(32), NoisyBlobs(8, seed=1))
     assert counting.transformed == 4  # every training batch: 32 samples / batch 8
     assert torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["note"] == "kept"
+
+
+# ----------------------------------------------------------------------------- precision (issue 24)
+class DtypeSpy(ClassificationAdapter):
+    """Records the dtype of the training logits (bf16 under bf16 autocast)."""
+
+    def __init__(self):
+        super().__init__(num_classes=2)
+        self.dtypes = set()
+
+    def loss(self, outputs, batch):
+        self.dtypes.add(outputs.dtype)
+        return super().loss(outputs, batch)
+
+
+@pytest.mark.parametrize("probe, dtype, line", [
+    ((True, "AMX"), torch.bfloat16, "amp=bf16 (native bf16 GEMMs: AMX)"),
+    ((False, "AVX2"), torch.float32, "amp=fp32 (no native bf16 GEMMs on this CPU: AVX2)")])
+def test_amp_auto_trains_in_bf16_only_where_the_cpu_has_native_bf16_gemms(tmp_path, monkeypatch, caplog,
+                                                                         probe, dtype, line):
+    from bixt.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: probe)
+    spy = DtypeSpy()
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(make_cfg(tmp_path, epochs=1, max_steps=2), tiny_model(), spy, NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    assert spy.dtypes == {dtype} and line in caplog.text
+
+
+def test_forced_bf16_on_a_cpu_without_native_bf16_warns_once(tmp_path, monkeypatch, caplog):
+    from bixt.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "AVX2"))
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(make_cfg(tmp_path, epochs=1, max_steps=3, amp="bf16"), tiny_model(), adapter(), NoisyBlobs(32),
+            NoisyBlobs(8, seed=1))
+    slower = [r for r in caplog.records if "slower than fp32" in r.getMessage()]
+    assert len(slower) == 1 and slower[0].levelname == "WARNING" and "(AVX2)" in slower[0].getMessage()
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (True, "AVX-512 BF16"))
+    caplog.clear()
+    assert precision.autocast_dtype("bf16", torch.device("cpu"))[0] == torch.bfloat16 and not caplog.records
+
+
+def test_the_cpu_probe_reads_the_native_bf16_flags(monkeypatch):
+    from bixt.engine import precision
+
+    try:
+        for flags, native, what in (({"avx2", "avx512f", "amx_bf16"}, True, "AMX"),
+                                    ({"avx512f", "avx512_bf16"}, True, "AVX-512 BF16"),
+                                    ({"avx2", "fma"}, False, torch.backends.cpu.get_cpu_capability())):
+            monkeypatch.setattr(precision, "_cpu_flags", lambda: flags)
+            precision.cpu_bf16_support.cache_clear()
+            assert precision.cpu_bf16_support() == (native, what)
+    finally:
+        monkeypatch.undo()
+        precision.cpu_bf16_support.cache_clear()

@@ -7,6 +7,9 @@ import argparse
 import errno
 import json
 import logging
+import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -17,7 +20,10 @@ from torch.utils.data import TensorDataset
 
 from bixt.checkpoint import load_checkpoint
 from bixt.engine import run, trainer_config
+from bixt.data.errors import data_errors_exit
+from bixt.engine import run_dir as run_dir_mod
 from bixt.engine.checkpointing import atomic_save, load_weights
+from bixt.engine.run_dir import LOCK, RunDirError, RunDirLock
 from bixt.tasks.classification import ClassificationAdapter
 from test_engine import DiesAfter, Killed, NoisyBlobs, adapter, make_cfg, state, tiny_model
 
@@ -90,6 +96,8 @@ def test_resume_with_another_lr_trains_at_that_lr(tmp_path):
     run(cfg(tmp_path / "run", 0.5, epochs=4, resume=True), tiny_model(), adapter(), TRAIN, VAL)
     assert lrs(tmp_path / "run")[2] == pytest.approx(lrs(tmp_path / "fresh")[2], rel=1e-9)
     assert lrs(tmp_path / "run")[2] > 0.05
+    losses = [r["train/loss"] for r in records(tmp_path / "run")]
+    assert losses[3] < 0.7 * losses[1], losses  # and it learns at it
     groups = state(tmp_path / "run" / "last.pth")["optimizer"]["param_groups"]
     assert all(g["initial_lr"] == 0.5 for g in groups)
 
@@ -266,3 +274,101 @@ def test_impossible_settings_fail_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"optim\.lr=-1\.0"):
         run(cfg, tiny_model(), adapter(), TRAIN, VAL)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- the run directory (issue 25)
+def test_a_new_run_into_a_finished_run_directory_is_refused_and_changes_nothing(tmp_path):
+    train(tmp_path, epochs=1)
+    before = snapshot(tmp_path)
+    with pytest.raises(RunDirError, match=r"already holds a run \(config\.yaml, metrics\.jsonl, last\.pth, best\.pth\)"
+                                          r".*resume=true .*another trainer\.run_dir"):
+        train(tmp_path, epochs=2)
+    assert snapshot(tmp_path) == before
+    with pytest.raises(SystemExit, match=r"^error: .* already holds a run"):  # a task's entry point: one line
+        with data_errors_exit():
+            train(tmp_path, epochs=2)
+
+
+def test_resume_auto_without_a_checkpoint_starts_afresh_with_only_its_own_metrics(tmp_path):
+    train(tmp_path, epochs=1)
+    (tmp_path / "last.pth").unlink()  # killed before its first checkpoint, say
+    (tmp_path / "best.pth").unlink()
+    train(tmp_path, epochs=2, resume="auto")
+    assert [r["epoch"] for r in records(tmp_path)] == [1, 2]
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_process_and_a_dead_ones_lock_is_taken_over(tmp_path, caplog):
+    with RunDirLock(tmp_path):
+        with pytest.raises(RunDirError, match=rf"in use by another run \(process {os.getpid()} on "):
+            train(tmp_path, epochs=1)
+    assert not (tmp_path / LOCK).exists() and not (tmp_path / "config.yaml").exists()
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK).write_text(f"{gone.stdout.strip()} somehost\n")  # its process was killed
+    with caplog.at_level(logging.WARNING, logger="bixt.engine"):
+        assert train(tmp_path, epochs=1)["epoch"] == 1
+    assert f"left by process {gone.stdout.strip()} on somehost, which is gone" in caplog.text
+    assert not (tmp_path / LOCK).exists()  # released at the end
+
+
+def test_eval_only_in_a_run_directory_without_resume_evaluates_its_last_checkpoint(tmp_path, caplog, monkeypatch):
+    fixed = TensorDataset(VAL.x, VAL.y)
+    run(make_cfg(tmp_path, epochs=2), tiny_model(), adapter(), TRAIN, fixed)
+    before, trained = snapshot(tmp_path), records(tmp_path)[-1]
+    monkeypatch.setattr(run_dir_mod, "_stamp", lambda: "same-second")
+    with caplog.at_level(logging.INFO, logger="bixt.engine"):
+        metrics = [run(make_cfg(tmp_path, eval_only=True), tiny_model(), adapter(), None, fixed) for _ in range(2)]
+    assert metrics[0]["val/top1"] == metrics[1]["val/top1"] == trained["val/top1"]  # not random weights
+    assert "evaluating its last.pth" in caplog.text and "model as built" not in caplog.text
+    assert snapshot(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["same-second", "same-second-2"]
+
+
+def _read_only(monkeypatch, directory):
+    """Writes under ``directory`` fail as on a read-only file system (chmod does not stop root)."""
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(directory)) and (real is real_mkdir or args[0] & os.O_CREAT):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "open", refuse(real_open))
+    monkeypatch.setattr(os, "mkdir", refuse(real_mkdir))
+
+
+def test_a_read_only_run_directory_stops_resume_and_eval_with_one_line(tmp_path, monkeypatch):
+    train(tmp_path, epochs=1)
+    _read_only(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit, match=rf"^error: cannot write to the run directory {tmp_path} \(Read-only file "
+                                         r"system\).*resume=true trainer\.run_dir=COPY"):
+        with data_errors_exit():
+            train(tmp_path, epochs=2, resume=True)
+    with pytest.raises(SystemExit, match=rf"^error: cannot write this evaluation's results into {tmp_path} .*"
+                                         r"another trainer\.run_dir"):
+        with data_errors_exit():
+            train(tmp_path, eval_only=True, resume=True)
+
+
+def test_outside_hydra_the_default_run_directory_is_never_shared(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(run_dir_mod, "_stamp", lambda: "same-second")
+    for _ in range(2):
+        run(make_cfg(None, epochs=1), tiny_model(), adapter(), TRAIN, VAL)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same-second", "same-second-2"]
+
+
+def test_logs_and_metrics_number_epochs_alike(tmp_path, caplog):
+    """Epochs count from 1 in every log line and in metrics.jsonl; a checkpoint's position is
+    "end of epoch N" or "epoch N, after K of its updates"."""
+    with pytest.raises(Killed):
+        run(make_cfg(tmp_path, epochs=2, ckpt_every_steps=4), tiny_model(), DiesAfter(6), TRAIN, VAL)
+    with caplog.at_level(logging.INFO, logger="bixt.engine"):
+        metrics = run(make_cfg(tmp_path, epochs=2, ckpt_every_steps=4, resume=True), tiny_model(), adapter(),
+                      TRAIN, VAL, test_sets={"t": VAL})
+    assert "at epoch 1, after 4 of its updates (global step 4)" in caplog.text
+    assert [r["epoch"] for r in records(tmp_path) if "epoch" in r] == [1, 2]
+    best_epoch = 1 + [r["val/top1"] for r in records(tmp_path) if "epoch" in r].index(metrics["best/top1"])
+    assert f"best checkpoint (end of epoch {best_epoch})" in caplog.text

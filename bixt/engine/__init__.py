@@ -17,10 +17,10 @@ Public API (stable)
     * ``model``: an ``nn.Module`` built by the task (call :func:`seed_everything` first, so the
       initial weights are deterministic). The engine moves it to the device, loads
       ``trainer.checkpoint`` into it if set, and wraps it (DDP, torch.compile) itself.
-    * ``adapter``: a :class:`TaskAdapter` (``forward``, ``loss``, ``batch_size``, ``make_evaluator``,
-      ``main_metric``), optionally with the hooks listed in :mod:`bixt.engine.task`
-      (``train_batch_transform`` for batch-level augmentation such as mixup, ``to_device``,
-      ``main_metric_mode``, ``sample_name``).
+    * ``adapter``: an instance of a :class:`TaskAdapter` subclass (the ABC: ``forward``, ``loss``,
+      ``batch_size``, ``make_evaluator``, ``main_metric`` are abstract), overriding the hooks listed
+      in :mod:`bixt.engine.task` as needed (``train_batch_transform`` for batch-level augmentation
+      such as mixup, ``to_device``, ``main_metric_mode``, ``sample_name``). Other objects are refused.
     * ``train_set``/``val_set``/``test_sets``: map-style datasets; batches are built by
       ``collate_fn`` (default: torch's), moved to the device (tensors in nested dicts, lists,
       tuples), and handed to the adapter. Per-sample augmentation inside a dataset may use
@@ -42,8 +42,9 @@ Public API (stable)
 What the engine does
 --------------------
 CUDA if present else CPU (``trainer.device``); DDP under ``torchrun`` (NCCL on GPU, gloo on
-CPU) with a resumable ``DistributedSampler``, single process otherwise; bf16 autocast on CUDA
-(``trainer.amp``: auto | bf16 | fp16 | fp32; bf16 works on CPU too); ``torch.compile``
+CPU) with a resumable ``DistributedSampler``, single process otherwise; bf16 autocast on CUDA and
+on CPUs with native bf16 GEMMs (``trainer.amp``: auto | bf16 | fp16 | fp32; the choice and its reason
+logged at start, :mod:`bixt.engine.precision`); ``torch.compile``
 (``trainer.compile``); gradient accumulation (``trainer.accumulate``) and clipping
 (``trainer.clip_grad``); EMA (``trainer.ema``); any timm optimizer with the lr scaled to the
 global batch (``optim.lr_base_batch``, ``optim.lr_scale``) and any timm schedule, advanced every
@@ -56,10 +57,17 @@ checkpoint's position; another optimizer is refused: :mod:`bixt.engine.resume`);
 on rank 0 when stderr is a terminal (log lines every ``trainer.log_every`` steps otherwise);
 ``trainer.threads`` CPU threads (1 is often fastest for tiny models and robust on a busy machine);
 ``trainer.eval_only`` (evaluates ``trainer.checkpoint``, or with ``trainer.resume`` the run's
-checkpoint; it never writes into a training run: with ``trainer.run_dir`` holding one, results go to
-``<run_dir>/eval/<time>/``); a training set smaller than one batch trains with one smaller batch.
+checkpoint, or else the ``last.pth`` of the run in ``trainer.run_dir``; it never writes into a training
+run: with ``trainer.run_dir`` holding one, results go to ``<run_dir>/eval/<time>/``); a new run into a
+directory holding a run is refused (``resume=true`` or another ``trainer.run_dir``), and a lock file
+keeps two runs out of one directory (:mod:`bixt.engine.run_dir`); a training set smaller than one
+batch trains with one smaller batch.
 Impossible settings (``trainer.epochs=0``, negative batch sizes...) fail at start naming the key. Process-wide torch settings it changes (threads, deterministic
 algorithms) are restored when ``run`` returns.
+
+Epochs are numbered from 1 everywhere a person reads them: log lines, ``metrics.jsonl``'s ``epoch``
+(the epoch the row reports) and a checkpoint's position ("end of epoch 2", "epoch 3, after 8 of its
+updates"); a checkpoint's ``epoch`` key counts the epochs completed, the same number at an epoch's end.
 
 Reproducibility on CPU: same seed, same result, whatever ``num_workers``; and a run killed at any
 point and resumed (``trainer.resume``) ends with bit-identical weights, because the checkpoint holds
@@ -78,6 +86,7 @@ Example (a task entry point)::
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, register_configs, trainer_config
 from bixt.engine.distributed import DistEnv, init_distributed
 from bixt.engine.reproducibility import seed_everything
+from bixt.engine.run_dir import RunDirError
 from bixt.engine.task import Evaluator, TaskAdapter, TaskAdapterBase, move_to_device
 from bixt.engine.trainer import run
 
@@ -85,5 +94,5 @@ register_configs()
 
 __all__ = [
     "run", "seed_everything", "init_distributed", "DistEnv", "TrainerConfig", "OptimConfig",
-    "trainer_config", "optim_config", "TaskAdapter", "TaskAdapterBase", "Evaluator", "move_to_device",
+    "trainer_config", "optim_config", "TaskAdapter", "TaskAdapterBase", "Evaluator", "move_to_device", "RunDirError",
 ]

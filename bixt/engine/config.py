@@ -38,7 +38,8 @@ class TrainerConfig:
     threads: Optional[int] = None  #: CPU threads for torch (None = torch's default, one per core)
     #: keep freed activation memory in the process heap (glibc): no page faults on every step; see bixt.runtime
     tune_allocator: bool = True
-    amp: str = "auto"  #: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    #: auto (bf16 on CUDA and on CPUs with native bf16 GEMMs, AVX-512 BF16 or AMX; else fp32) | bf16 | fp16 | fp32
+    amp: str = "auto"
     compile: bool = False  #: torch.compile the model
     compile_mode: Optional[str] = None  #: torch.compile mode (None, reduce-overhead, max-autotune)
     accumulate: int = 1  #: micro-batches per optimizer step
@@ -57,8 +58,8 @@ class TrainerConfig:
     checkpoint: Optional[str] = None  #: initial weights (official or ours); ignored when resuming
     #: false: load what matches (reported; a checkpoint matching no tensor is still an error)
     checkpoint_strict: bool = True
-    #: evaluate `checkpoint`, or with `resume` that run's checkpoint (or the model as given), and exit;
-    #: never writes into a training run (run_dir holding one: results in run_dir/eval/<time>)
+    #: evaluate `checkpoint`, or with `resume` that run's checkpoint, or the last.pth of the run in `run_dir`
+    #: (else the model as given), and exit; never writes into a training run (results in run_dir/eval/<time>)
     eval_only: bool = False
     ckpt_every_steps: int = 0  #: also write `last` every N optimizer steps (0 = at epoch end only)
     save_best: bool = True  #: keep `best.pth` by the adapter's main metric

@@ -6,9 +6,11 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import torch
 from tqdm import tqdm
 
 log = logging.getLogger("bixt.engine")
@@ -116,3 +118,51 @@ def show_progress(setting: Optional[bool], is_main: bool) -> bool:
 def progress_bar(iterable: Iterable, total: int, initial: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(iterable, total=total, initial=initial, desc=desc, disable=not enabled,
                 dynamic_ncols=True, leave=False, file=sys.stderr)
+
+
+def checkpoint_position(epochs_done: int, step_in_epoch: int) -> str:
+    """Where a checkpoint stands, numbered as the logs and ``metrics.jsonl`` number epochs (from 1):
+    a checkpoint holds ``epoch`` = epochs completed and ``step_in_epoch`` = updates into the next."""
+    if step_in_epoch:
+        return f"epoch {epochs_done + 1}, after {step_in_epoch} of its updates"
+    return f"end of epoch {epochs_done}"
+
+
+class LossMeter:
+    """The training loss of one epoch, summed weighted by samples, and of the window since the last
+    progress report. The sums stay on the device: reading one back is a host sync, done only when
+    reporting. An epoch's sums go into mid-epoch checkpoints, so a resumed epoch reports what the
+    uninterrupted one does."""
+
+    def __init__(self, device: torch.device, resumed: Optional[dict[str, float]] = None):
+        resumed = resumed or {}
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.epoch_loss = torch.tensor(resumed.get("loss", 0.0), dtype=self.dtype, device=device)
+        self.epoch_samples = int(resumed.get("samples", 0))
+        self.window_loss = torch.zeros((), dtype=self.dtype, device=device)
+        self.window_samples = 0
+        self.samples_seen = 0  #: by this process in this epoch of this run (throughput)
+        self.started = self.window_started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        weighted = loss.detach().to(self.dtype) * samples
+        self.epoch_loss += weighted
+        self.window_loss += weighted
+        self.epoch_samples += samples
+        self.window_samples += samples
+        self.samples_seen += samples
+
+    def window_average(self) -> float:
+        return self.window_loss.item() / max(self.window_samples, 1)
+
+    def window_rate(self) -> float:
+        """Samples per second of this process in the window."""
+        return self.window_samples / max(time.perf_counter() - self.window_started, 1e-9)
+
+    def reset_window(self) -> None:
+        self.window_loss.zero_()
+        self.window_samples, self.window_started = 0, time.perf_counter()
+
+    def sums(self) -> dict[str, float]:
+        """The epoch's sums as a mid-epoch checkpoint stores them."""
+        return {"loss": self.epoch_loss.item(), "samples": self.epoch_samples}

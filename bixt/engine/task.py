@@ -1,12 +1,12 @@
-"""The contract between a task and the shared training engine.
+"""The contract between a task and the shared training engine: subclass :class:`TaskAdapter`.
 
 A task (ImageNet classification, ShapeNet part segmentation, LRA retrieval) describes *what* to
 compute on a batch; the engine owns *how*: devices, DDP, AMP, compile, accumulation, clipping,
 EMA, schedules, checkpoints, resume, logging and progress.
 
-Required (:class:`TaskAdapter`): ``main_metric``, ``forward``, ``loss``, ``batch_size``,
-``make_evaluator``. Optional hooks, with their defaults in :class:`TaskAdapterBase` (the bixt
-adapters subclass it and override what they need):
+Abstract (a subclass must define them): ``main_metric`` (a class attribute or a property),
+``forward``, ``loss``, ``batch_size``, ``make_evaluator``. Optional hooks, with their defaults
+here:
 
 ``train_batch_transform(batch) -> batch``
     Applied to every *training* batch after it is on the device, before ``forward`` (batch-level
@@ -23,12 +23,12 @@ adapters subclass it and override what they need):
     ``torch.load(weights_only=True)`` reads them; keys the engine writes itself are refused);
     default ``None``, nothing extra.
 
-An adapter that does not subclass :class:`TaskAdapterBase` (duck-typed) works too: the engine
-passes every adapter through :func:`as_task_adapter` once, which fills in the defaults of the
-hooks it lacks.
+The engine accepts only subclasses (:func:`check_adapter`): an object that merely has the right
+methods is refused with a message naming the base, so that the hooks' defaults live in one place.
 """
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -51,32 +51,6 @@ class Evaluator(Protocol):
         ...
 
 
-@runtime_checkable
-class TaskAdapter(Protocol):
-    """What the engine needs to know about a task."""
-
-    #: name of the metric (a key of ``Evaluator.compute``) that selects the ``best`` checkpoint
-    main_metric: str
-
-    def forward(self, model: nn.Module, batch: Any) -> Any:
-        """Run the model on a batch (already on the device) and return its raw outputs."""
-        ...
-
-    def loss(self, outputs: Any, batch: Any) -> torch.Tensor:
-        """Scalar training loss for the outputs of :meth:`forward`."""
-        ...
-
-    def batch_size(self, batch: Any) -> int:
-        """Number of samples in a batch (for throughput and averaging)."""
-        ...
-
-    def make_evaluator(self) -> Evaluator: ...
-
-
-_REQUIRED = ("main_metric", "forward", "loss", "batch_size", "make_evaluator")
-_OPTIONAL_HOOKS = ("train_batch_transform", "to_device", "main_metric_mode", "sample_name", "checkpoint_extra")
-
-
 def move_to_device(batch: Any, device: torch.device) -> Any:
     """Tensors inside (nested) dicts, lists, tuples and namedtuples moved to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -91,14 +65,34 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class TaskAdapterBase:
-    """The defaults of the optional adapter hooks (see the module docstring); subclasses add the
-    required members of :class:`TaskAdapter` and override hooks as needed."""
+class TaskAdapter(abc.ABC):
+    """What the engine needs to know about a task (see the module docstring)."""
 
     sample_name: str = "samples"
     main_metric_mode: str = "max"
     #: None rather than {}: a class-level dict would be one object shared by every adapter
     checkpoint_extra: Optional[Mapping[str, Any]] = None
+
+    @property
+    @abc.abstractmethod
+    def main_metric(self) -> str:
+        """Name of the metric (a key of ``Evaluator.compute``) that selects the ``best`` checkpoint."""
+
+    @abc.abstractmethod
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        """Run the model on a batch (already on the device) and return its raw outputs."""
+
+    @abc.abstractmethod
+    def loss(self, outputs: Any, batch: Any) -> torch.Tensor:
+        """Scalar training loss for the outputs of :meth:`forward`."""
+
+    @abc.abstractmethod
+    def batch_size(self, batch: Any) -> int:
+        """Number of samples in a batch (for throughput and averaging)."""
+
+    @abc.abstractmethod
+    def make_evaluator(self) -> Evaluator:
+        """A fresh evaluator for one evaluation pass."""
 
     def to_device(self, batch: Any, device: torch.device) -> Any:
         return move_to_device(batch, device)
@@ -107,24 +101,16 @@ class TaskAdapterBase:
         return batch
 
 
-class _DuckTypedAdapter(TaskAdapterBase):
-    """A third-party adapter without the base: its own members, the base's defaults for the hooks
-    it lacks. Attributes are read once, when the engine starts."""
-
-    def __init__(self, adapter: Any) -> None:
-        self.wrapped = adapter
-        for name in _REQUIRED + _OPTIONAL_HOOKS:
-            if hasattr(adapter, name):
-                setattr(self, name, getattr(adapter, name))
+#: the former name of the base, kept while the task modules are moved over to ``TaskAdapter``
+TaskAdapterBase = TaskAdapter
 
 
-def as_task_adapter(adapter: Any) -> TaskAdapterBase:
-    """``adapter`` itself when it subclasses :class:`TaskAdapterBase`, else a wrapper with the
-    defaults of the hooks it lacks; a missing required member or a bad hook value fails here."""
-    missing = [name for name in _REQUIRED if not hasattr(adapter, name)]
-    if missing:
-        raise TypeError(f"{type(adapter).__name__} is not a task adapter: it lacks {missing} (see bixt.engine.task)")
-    adapted = adapter if isinstance(adapter, TaskAdapterBase) else _DuckTypedAdapter(adapter)
-    if adapted.main_metric_mode not in ("max", "min"):
-        raise ValueError(f"adapter.main_metric_mode must be 'max' or 'min', got {adapted.main_metric_mode!r}")
-    return adapted
+def check_adapter(adapter: Any) -> TaskAdapter:
+    """``adapter`` itself if it is a :class:`TaskAdapter` with a valid ``main_metric_mode``."""
+    if not isinstance(adapter, TaskAdapter):
+        raise TypeError(f"{type(adapter).__name__} is not a bixt.engine.TaskAdapter: subclass it (class "
+                        f"{type(adapter).__name__}(bixt.engine.TaskAdapter)), which holds the defaults of the optional "
+                        "hooks and checks that main_metric, forward, loss, batch_size and make_evaluator are defined")
+    if adapter.main_metric_mode not in ("max", "min"):
+        raise ValueError(f"adapter.main_metric_mode must be 'max' or 'min', got {adapter.main_metric_mode!r}")
+    return adapter

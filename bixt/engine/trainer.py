@@ -6,9 +6,8 @@ import logging
 import math
 import os
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,11 +21,15 @@ from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer
 from bixt.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup,
                                      gather_objects, init_distributed)
 from bixt.engine.optim import build_optimizer, build_scheduler, scaled_lr
-from bixt.engine.reporting import METRICS_JSONL, MetricsWriter, format_metrics, progress_bar, show_progress
+from bixt.engine.precision import autocast_dtype
+from bixt.engine.reporting import (LossMeter, MetricsWriter, checkpoint_position, format_metrics, progress_bar,
+                                   show_progress)
 from bixt.engine.resume import Layout, effective_batch, load_optimizer_state, plan_resume
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded, seed_everything)
-from bixt.engine.task import TaskAdapter, as_task_adapter
+from bixt.engine.run_dir import (RunDirError, RunDirLock, base_dir, claim_eval_dir, refuse_overwrite,
+                                 run_checkpoint_to_evaluate)
+from bixt.engine.task import TaskAdapter, check_adapter
 from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
@@ -35,8 +38,7 @@ log = logging.getLogger("bixt.engine")
 _CHECKPOINT_KEYS = {"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch",
                     "global_step", "epoch_sums", "best", "rng", "world_size", "config", "arch", "layout"}
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-               "float16": torch.float16, "fp32": None, "float32": None, "none": None}
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
 def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
@@ -88,29 +90,78 @@ def warn_if_few_updates(tcfg: TrainerConfig, updates_per_epoch: int, train_size:
 
 
 class _Engine:
+    """One run: __init__ checks the request and prepares the model (nothing is written yet);
+    :meth:`fit` claims the run directory, then evaluates or trains."""
+
     def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, ocfg: OptimConfig, env: DistEnv,
                  model: nn.Module, adapter: TaskAdapter, collate_fn):
         self.cfg, self.tcfg, self.ocfg, self.env = cfg, tcfg, ocfg, env
-        # the one place a duck-typed adapter gets the default hooks; the engine then calls them directly
-        self.adapter, self.collate_fn = as_task_adapter(adapter), collate_fn
+        self.adapter, self.collate_fn = check_adapter(adapter), collate_fn
         self.device = env.device
-        self._setup_logging()
-        self._setup_backends()
-        self.amp_dtype = self._amp_dtype()
-        # eval_only reads a checkpoint (trainer.resume names a run's, else trainer.checkpoint) and
-        # writes nothing into a training run; training resumes trainer.resume or starts fresh
-        self.eval_weights = ckpt_io.eval_weights_path(tcfg) if tcfg.eval_only else None
-        self.resume_path = None if tcfg.eval_only else ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir)
-        run_dir = self._eval_dir() if tcfg.eval_only else self._run_dir()
-        self.run_dir = Path(broadcast_object(str(run_dir), env))
-        self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
+        self._setup_process()
+        self.amp_dtype, why = autocast_dtype(tcfg.amp, self.device)
+        log.info("amp=%s (%s)", _DTYPE_NAMES[self.amp_dtype], why)
+        self._setup_sources()
         self.config_dict = self._resolved_config()
         self.sample_name = self.adapter.sample_name
         self.show_bar = show_progress(tcfg.progress, env.is_main)
         self.checkpoint_extra = self._checkpoint_extra()
-        if env.is_main and not tcfg.eval_only:
-            ckpt_io.remove_stale_temp_files(self.run_dir)
+        self._setup_model(model)
+        # the claimed run directory: set by fit()
+        self.run_dir: Optional[Path] = None
+        self.metrics: Optional[MetricsWriter] = None
+        # the training state: built by _setup_training() from the training set's size
+        self.sampler: Optional[ResumableSampler] = None
+        self.train_loader: Optional[DataLoader] = None
+        self.layout: Optional[Layout] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scheduler = None
+        self.scaler: Optional[torch.amp.GradScaler] = None
+        self.global_step, self.best = 0, None
+        self.epoch, self.step_in_epoch = 0, 0  # the position of the loop (epoch from 0, updates into it)
 
+    # ------------------------------------------------------------------ setup
+    def _setup_process(self) -> None:
+        """Logging and the process-wide torch settings (put back by process_settings_restored)."""
+        if not logging.getLogger().handlers:  # not under Hydra (which configures logging itself)
+            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+        if not self.env.is_main:
+            log.setLevel(logging.WARNING)
+        if self.tcfg.threads:
+            torch.set_num_threads(self.tcfg.threads)
+        if self.tcfg.tune_allocator and self.device.type == "cpu":
+            tune_cpu_allocator()
+        if self.tcfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def _setup_sources(self) -> None:
+        """What the run reads and where it goes. eval_only reads a checkpoint (trainer.resume names a
+        run's, else trainer.checkpoint, else the run in trainer.run_dir) and writes nothing into a
+        training run; training resumes trainer.resume or starts fresh, never over another run."""
+        tcfg = self.tcfg
+        if tcfg.eval_only:
+            self.resume_path = None
+            self.eval_weights = ckpt_io.eval_weights_path(tcfg)
+            self.base_dir = base_dir(tcfg, None)
+            if self.eval_weights is None and tcfg.run_dir:
+                self.eval_weights = run_checkpoint_to_evaluate(self.base_dir)
+        else:
+            self.eval_weights = None
+            self.resume_path = ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir)
+            self.base_dir = base_dir(tcfg, self.resume_path)
+            # resume=auto with nothing to resume starts fresh where it was pointed
+            asked_to_resume = self.resume_path is not None or str(tcfg.resume).lower() == "auto"
+            self._on_main(lambda: refuse_overwrite(self.base_dir, resuming=asked_to_resume))
+
+    def _setup_model(self, model: nn.Module) -> None:
+        """Initial weights, then the wrappers: SyncBatchNorm, EMA, DDP, torch.compile."""
+        tcfg, env = self.tcfg, self.env
         self.raw_model = model.to(self.device)
         initial = self.eval_weights if tcfg.eval_only else (tcfg.checkpoint if self.resume_path is None else None)
         if initial:
@@ -130,69 +181,43 @@ class _Engine:
             train_model = torch.compile(train_model, mode=tcfg.compile_mode)
             self.eval_model = torch.compile(self.raw_model, mode=tcfg.compile_mode)
         self.train_model = train_model
-        # built by fit() from the training set's size (save and restore run only inside it)
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.scheduler = None
-        self.scaler: Optional[torch.amp.GradScaler] = None
-        self.layout: Optional[Layout] = None
-        log.info("run dir %s | device %s | world size %d | amp %s", self.run_dir, self.device, env.world_size,
-                 self.amp_dtype or "off")
 
-    # ------------------------------------------------------------------ setup helpers
-    def _setup_logging(self) -> None:
-        if not logging.getLogger().handlers:  # not under Hydra (which configures logging itself)
-            logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-        if not self.env.is_main:
-            log.setLevel(logging.WARNING)
+    def _on_main(self, decide: Callable[[], Any]) -> Any:
+        """``decide()`` on rank 0, its result (or the RunDirError it raised) on every rank: all
+        ranks stop together instead of waiting for rank 0 in vain, and no rank sees the directory
+        after another one wrote to it."""
+        result, error = None, None
+        if self.env.is_main:
+            try:
+                result = decide()
+            except RunDirError as err:
+                error = err.message
+        error = broadcast_object(error, self.env)
+        if error is not None:
+            raise RunDirError(error)
+        return result
 
-    def _setup_backends(self) -> None:
-        if self.tcfg.threads:
-            torch.set_num_threads(self.tcfg.threads)
-        if self.tcfg.tune_allocator and self.device.type == "cpu":
-            tune_cpu_allocator()
-        if self.tcfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+    def _claim(self) -> RunDirLock:
+        if self.tcfg.eval_only:
+            return claim_eval_dir(self.base_dir)
+        lock = RunDirLock(self.base_dir)
+        lock.acquire()
+        return lock
 
-    def _amp_dtype(self) -> Optional[torch.dtype]:
-        amp = str(self.tcfg.amp).lower()
-        if amp in ("auto", "true"):
-            return torch.bfloat16 if self.device.type == "cuda" else None
-        if amp == "false":
-            return None
-        if amp not in _AMP_DTYPES:
-            raise ValueError(f"trainer.amp={self.tcfg.amp!r}; expected auto, bf16, fp16 or fp32")
-        dtype = _AMP_DTYPES[amp]
-        if dtype == torch.float16 and self.device.type != "cuda":
-            raise ValueError("trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16 or fp32")
-        return dtype
-
-    def _run_dir(self) -> Path:
-        if self.tcfg.run_dir:
-            return Path(self.tcfg.run_dir)
-        if self.resume_path is not None:
-            return self.resume_path.parent
+    @contextlib.contextmanager
+    def _claimed_run_dir(self) -> Iterator[None]:
+        """The run directory, locked by rank 0 for the run's duration; every rank gets its path."""
+        lock = self._on_main(self._claim)
         try:
-            from hydra.core.hydra_config import HydraConfig
-            return Path(HydraConfig.get().runtime.output_dir)
-        except (ImportError, ValueError):
-            return Path("runs") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-    def _eval_dir(self) -> Path:
-        """Where an evaluation writes its config and metrics: trainer.run_dir (or Hydra's output dir)
-        unless that already holds a run, whose files are then left alone: ``<dir>/eval/<time>``."""
-        base = Path(self.tcfg.run_dir) if self.tcfg.run_dir else self._run_dir()
-        taken = [n for n in ("config.yaml", METRICS_JSONL, ckpt_io.LAST, ckpt_io.BEST) if (base / n).exists()]
-        if not taken:
-            return base
-        out = base / "eval" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        log.info("%s holds a run (%s): this evaluation writes to %s instead", base, ", ".join(taken), out)
-        return out
+            self.run_dir = Path(broadcast_object(str(lock.directory) if lock else None, self.env))
+            self.metrics = MetricsWriter(self.run_dir, enabled=self.env.is_main)
+            if self.env.is_main and not self.tcfg.eval_only:
+                ckpt_io.remove_stale_temp_files(self.run_dir)  # the lock says no write is in progress
+            log.info("run dir %s | device %s | world size %d", self.run_dir, self.device, self.env.world_size)
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _write_config(self) -> None:
         if self.env.is_main:
@@ -320,89 +345,53 @@ class _Engine:
             log.warning("%s was written by %d process(es), this run has %d: random streams are re-seeded, "
                         "so the continuation is not bit-identical", path, len(rng), self.env.world_size)
             seed_everything(self.tcfg.seed + self.env.rank + self.global_step)
-        log.info("resumed from %s at epoch %d, step %d of the epoch (global step %d)", path, ckpt["epoch"],
-                 ckpt["step_in_epoch"], self.global_step)
+        log.info("resumed from %s at %s (global step %d)", path,
+                 checkpoint_position(int(ckpt["epoch"]), int(ckpt["step_in_epoch"])), self.global_step)
 
     # ------------------------------------------------------------------ main entry
     def fit(self, train_set: Optional[Dataset], val_set: Dataset, test_sets: dict[str, Dataset]) -> dict[str, float]:
-        tcfg, env = self.tcfg, self.env
         val_loader = self._eval_loader(val_set)
-        if tcfg.eval_only:
-            if self.eval_weights is None:
-                log.warning("trainer.eval_only without trainer.checkpoint (or trainer.resume): evaluating the "
-                            "model as built")
-            self._write_config()
-            record: dict[str, Any] = {"mode": "eval"}
-            if self.eval_weights is not None:
-                record["checkpoint"] = str(self.eval_weights)
-            record.update(self.evaluate_all(val_loader, "val"))
-            for name, ds in test_sets.items():
-                record.update(self.evaluate_all(self._eval_loader(ds), f"test_{name}"))
-            self.metrics.write(record)
-            log.info("eval | %s", format_metrics(record))
-            return {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        if not self.tcfg.eval_only:
+            self._setup_training(train_set)  # a bad training set fails before the run directory is touched
+        with self._claimed_run_dir():
+            if self.tcfg.eval_only:
+                return self._evaluate_only(val_loader, test_sets)
+            return self._train(val_loader, test_sets)
 
-        if train_set is None:
-            raise ValueError("run() needs a train_set unless trainer.eval_only=true")
-        if isinstance(train_set, IterableDataset):
-            raise TypeError("train_set must be a map-style dataset (with __len__ and __getitem__)")
-        sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=tcfg.seed)
-        if len(train_set) == 0:
-            raise ValueError("the training set is empty")
-        batch_size = effective_batch(len(train_set), env.world_size, tcfg.batch_size)
-        if batch_size < tcfg.batch_size:  # a tiny data set: one (smaller) batch per epoch beats none
-            log.warning("the training set has %d samples per process, fewer than trainer.batch_size=%d: "
-                        "training with batches of %d", sampler.num_samples, tcfg.batch_size, batch_size)
-        train_loader = self._loader(SeededDataset(train_set, tcfg.seed), batch_size, sampler,
-                                    drop_last=True, seed=tcfg.seed + env.rank)
-        global_batch = batch_size * env.world_size * tcfg.accumulate
-        lr = scaled_lr(self.ocfg, global_batch)
-        self.layout = Layout(train_size=len(train_set), world_size=env.world_size, batch_size=batch_size,
-                             accumulate=tcfg.accumulate, epochs=tcfg.epochs, lr=lr, optimizer=self.ocfg.name)
-        batches_per_epoch, updates_per_epoch = self.layout.batches_per_epoch, self.layout.updates_per_epoch
-        self.optimizer = build_optimizer(self.raw_model, self.ocfg, lr)
-        self.scheduler = build_scheduler(self.optimizer, self.ocfg, tcfg.epochs, updates_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.global_step, self.best = 0, None
-        start_epoch, start_step, epoch_stats = 0, 0, None
-        if self.resume_path is not None:
-            ckpt = ckpt_io.load_training_checkpoint(self.resume_path)
-            plan = plan_resume(ckpt, self.resume_path, self.layout, self.ocfg, env.rank)
-            self._restore(self.resume_path, ckpt, plan.changes)
-            start_epoch, start_step, epoch_stats = plan.epoch, plan.step_in_epoch, plan.epoch_sums
-            self.metrics.truncate_after(start_epoch)
-        else:
-            seed_everything(tcfg.seed + env.rank)
+    def _evaluate_only(self, val_loader: DataLoader, test_sets: dict[str, Dataset]) -> dict[str, float]:
+        if self.eval_weights is None:
+            log.warning("trainer.eval_only without trainer.checkpoint (or trainer.resume): evaluating the "
+                        "model as built")
+        self._write_config()
+        record: dict[str, Any] = {"mode": "eval"}
+        if self.eval_weights is not None:
+            record["checkpoint"] = str(self.eval_weights)
+        record.update(self.evaluate_all(val_loader, "val"))
+        for name, ds in test_sets.items():
+            record.update(self.evaluate_all(self._eval_loader(ds), f"test_{name}"))
+        self.metrics.write(record)
+        log.info("eval | %s", format_metrics(record))
+        return {k: v for k, v in record.items() if isinstance(v, (int, float))}
+
+    def _train(self, val_loader: DataLoader, test_sets: dict[str, Dataset]) -> dict[str, float]:
+        train_size = self.layout.train_size
+        start_epoch, start_step, epoch_sums = self._start_position()
         self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         log.info("%s parameters | %d train / %d val %s | global batch %d | lr %.3g | %d updates per epoch",
-                 f"{n_params:,}", len(train_set), len(val_set), self.sample_name, global_batch, lr, updates_per_epoch)
-        warn_if_few_updates(tcfg, updates_per_epoch, len(train_set), global_batch)
+                 f"{n_params:,}", train_size, len(val_loader.dataset), self.sample_name,
+                 self.layout.samples_per_update, self.layout.lr, self.layout.updates_per_epoch)
+        warn_if_few_updates(self.tcfg, self.layout.updates_per_epoch, train_size, self.layout.samples_per_update)
 
         record: dict[str, Any] = {}
-        if start_epoch >= tcfg.epochs:
-            log.info("the resumed run already finished its %d epochs; raise trainer.epochs to train on", tcfg.epochs)
-        for epoch in range(start_epoch, tcfg.epochs):
-            if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
+        if start_epoch >= self.tcfg.epochs:
+            log.info("the resumed run already finished its %d epochs; raise trainer.epochs to train on", self.tcfg.epochs)
+        for epoch in range(start_epoch, self.tcfg.epochs):
+            if self._max_steps_reached():
                 break
-            skip_steps = start_step if epoch == start_epoch else 0
-            sampler.set_epoch(epoch)
-            sampler.set_start(skip_steps * tcfg.accumulate * batch_size)
-            train_stats, step_in_epoch, sums = self.train_epoch(
-                train_loader, epoch, skip_steps, batches_per_epoch, updates_per_epoch,
-                epoch_stats if epoch == start_epoch else None)
-            finished = step_in_epoch >= updates_per_epoch
-            record = {"epoch": epoch + 1, "step": self.global_step, **train_stats}
-            is_best = False
-            if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs or not finished:
-                record.update(self.evaluate_all(val_loader, "val"))
-                is_best = self._update_best(record) and tcfg.save_best
-            self.metrics.write(record)
-            log.info("epoch %d/%d | %s", epoch + 1, tcfg.epochs, format_metrics({k: v for k, v in record.items() if k != "epoch"}))
-            if finished:
-                self.save(epoch + 1, 0, {}, is_best)
-            else:  # stopped by max_steps inside the epoch: keep the position so it can be resumed
-                self.save(epoch, step_in_epoch, sums, is_best)
+            resumed = epoch == start_epoch
+            stats, sums = self.train_epoch(epoch, start_step if resumed else 0, epoch_sums if resumed else None)
+            record = self._end_epoch(stats, sums, val_loader)
 
         final = {k: v for k, v in record.items() if isinstance(v, (int, float))}
         if self.best is not None:
@@ -410,6 +399,60 @@ class _Engine:
         if test_sets:
             final.update(self._test(test_sets))
         return final
+
+    def _setup_training(self, train_set: Optional[Dataset]) -> None:
+        """Sampler, loader, layout, optimizer, schedule and grad scaler for ``train_set``."""
+        tcfg, env = self.tcfg, self.env
+        if train_set is None:
+            raise ValueError("run() needs a train_set unless trainer.eval_only=true")
+        if isinstance(train_set, IterableDataset):
+            raise TypeError("train_set must be a map-style dataset (with __len__ and __getitem__)")
+        self.sampler = ResumableSampler(train_set, env.world_size, env.rank, seed=tcfg.seed)
+        if len(train_set) == 0:
+            raise ValueError("the training set is empty")
+        batch_size = effective_batch(len(train_set), env.world_size, tcfg.batch_size)
+        if batch_size < tcfg.batch_size:  # a tiny data set: one (smaller) batch per epoch beats none
+            log.warning("the training set has %d samples per process, fewer than trainer.batch_size=%d: "
+                        "training with batches of %d", self.sampler.num_samples, tcfg.batch_size, batch_size)
+        self.train_loader = self._loader(SeededDataset(train_set, tcfg.seed), batch_size, self.sampler,
+                                         drop_last=True, seed=tcfg.seed + env.rank)
+        lr = scaled_lr(self.ocfg, batch_size * env.world_size * tcfg.accumulate)
+        self.layout = Layout(train_size=len(train_set), world_size=env.world_size, batch_size=batch_size,
+                             accumulate=tcfg.accumulate, epochs=tcfg.epochs, lr=lr, optimizer=self.ocfg.name)
+        self.optimizer = build_optimizer(self.raw_model, self.ocfg, lr)
+        self.scheduler = build_scheduler(self.optimizer, self.ocfg, tcfg.epochs, self.layout.updates_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def _start_position(self) -> tuple[int, int, Optional[dict[str, float]]]:
+        """(epoch, update within it, the epoch's partial sums) to start from: the resumed checkpoint's
+        position with its states restored, or the beginning of a fresh run."""
+        if self.resume_path is None:
+            seed_everything(self.tcfg.seed + self.env.rank)
+            if self.metrics.jsonl.is_file():  # resume=auto found no checkpoint: the old rows are not this run's
+                self.metrics.truncate_after(0)
+            return 0, 0, None
+        ckpt = ckpt_io.load_training_checkpoint(self.resume_path)
+        plan = plan_resume(ckpt, self.resume_path, self.layout, self.ocfg, self.env.rank)
+        self._restore(self.resume_path, ckpt, plan.changes)
+        self.metrics.truncate_after(plan.epoch)
+        return plan.epoch, plan.step_in_epoch, plan.epoch_sums
+
+    def _end_epoch(self, stats: dict[str, Any], sums: dict[str, float], val_loader: DataLoader) -> dict[str, Any]:
+        """Evaluate (when due, and always after a truncated epoch), record, checkpoint."""
+        tcfg, epoch = self.tcfg, self.epoch
+        finished = self.step_in_epoch >= self.layout.updates_per_epoch
+        record = {"epoch": epoch + 1, "step": self.global_step, **stats}
+        is_best = False
+        if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs or not finished:
+            record.update(self.evaluate_all(val_loader, "val"))
+            is_best = self._update_best(record) and tcfg.save_best
+        self.metrics.write(record)
+        log.info("epoch %d/%d | %s", epoch + 1, tcfg.epochs, format_metrics({k: v for k, v in record.items() if k != "epoch"}))
+        if finished:
+            self.save(epoch + 1, 0, {}, is_best)
+        else:  # stopped by max_steps inside the epoch: keep the position so it can be resumed
+            self.save(epoch, self.step_in_epoch, sums, is_best)
+        return record
 
     def _update_best(self, record: dict[str, Any]) -> bool:
         key = f"val/{self.adapter.main_metric}"
@@ -432,7 +475,8 @@ class _Engine:
             self.raw_model.load_state_dict(state["state_dict"])
             if self.ema is not None and "state_dict_ema" in state:
                 self.ema.module.load_state_dict(state["state_dict_ema"])
-            log.info("test sets evaluated with the best checkpoint (epoch %d)", state["epoch"])
+            log.info("test sets evaluated with the best checkpoint (%s)",
+                     checkpoint_position(int(state["epoch"]), int(state.get("step_in_epoch", 0))))
         elif self.tcfg.test_with == "best":
             log.info("test sets evaluated with the last weights (no best checkpoint from this run)")
         out: dict[str, Any] = {}
@@ -443,108 +487,123 @@ class _Engine:
         return out
 
     # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, loader: DataLoader, epoch: int, skip_steps: int, batches_per_epoch: int,
-                    updates_per_epoch: int, resumed_sums: Optional[dict[str, float]]
-                    ) -> tuple[dict[str, Any], int, dict[str, float]]:
-        """One (possibly resumed, possibly truncated by max_steps) epoch; returns the epoch's stats,
-        the optimizer steps done in it and its running sums (for a mid-epoch checkpoint)."""
-        tcfg, acc = self.tcfg, self.tcfg.accumulate
+    def train_epoch(self, epoch: int, skip_steps: int, resumed_sums: Optional[dict[str, float]]
+                    ) -> tuple[dict[str, Any], dict[str, float]]:
+        """One (possibly resumed, possibly truncated by max_steps) epoch, from update ``skip_steps``;
+        returns its stats and its running sums (for a mid-epoch checkpoint). Leaves
+        ``self.step_in_epoch`` at the updates done in it."""
+        acc = self.tcfg.accumulate
+        self.epoch, self.step_in_epoch = epoch, skip_steps
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(skip_steps * acc * self.layout.batch_size)
         self.train_model.train()
-        # the schedule's position is where the run is in epochs, in this run's layout (equal to
-        # global_step unless a resume changed the batch size)
-        if self.scheduler is not None:
-            self.scheduler.step(epoch)
-            self.scheduler.step_update(num_updates=epoch * updates_per_epoch + skip_steps)
-        # Running sums stay on the device; reading them back (a host sync) happens only every
-        # `sync_every` updates on accelerators, every update on CPU where it is free. The sums are
-        # carried through mid-epoch checkpoints so a resumed epoch reports what the straight one does.
-        resumed_sums = resumed_sums or {}
-        sums_dtype = torch.float32 if self.device.type == "mps" else torch.float64
-        loss_sum = torch.tensor(resumed_sums.get("loss", 0.0), dtype=sums_dtype, device=self.device)
-        epoch_n = int(resumed_sums.get("samples", 0))
-        window_loss = torch.zeros((), dtype=sums_dtype, device=self.device)
-        window_n, window_t0 = 0, time.perf_counter()
-        sync_every = 1 if self.device.type == "cpu" else 10
-        epoch_t0, samples_seen = time.perf_counter(), 0
-        step_in_epoch = skip_steps
+        self._place_schedule(skip_steps)
+        meter = LossMeter(self.device, resumed_sums)
         first = skip_steps * acc
         # main-process loading seeds the global RNGs per sample: shield the training stream from it
-        batches = rng_guarded(loader) if tcfg.num_workers == 0 else loader
-        bar = progress_bar(batches, total=batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{tcfg.epochs}",
-                           enabled=self.show_bar)
+        batches = rng_guarded(self.train_loader) if self.tcfg.num_workers == 0 else self.train_loader
+        bar = progress_bar(batches, total=self.layout.batches_per_epoch, initial=first,
+                           desc=f"epoch {epoch + 1}/{self.tcfg.epochs}", enabled=self.show_bar)
         for batch_idx, batch in enumerate(bar, start=first):
-            group_start = (batch_idx // acc) * acc
-            group_len = min(acc, batches_per_epoch - group_start)  # the last group of an epoch may be short
-            is_update = batch_idx + 1 == group_start + group_len
-            batch = self._to_device(batch)
-            batch = self.adapter.train_batch_transform(batch)
-            sync = self.ddp.no_sync() if (self.ddp is not None and not is_update) else contextlib.nullcontext()
-            with sync:
-                with self._autocast():
-                    outputs = self.adapter.forward(self.train_model, batch)
-                    loss = self.adapter.loss(outputs, batch)
-                self.scaler.scale(loss / group_len).backward()
-            n = self.adapter.batch_size(batch)
-            weighted = loss.detach().to(sums_dtype) * n
-            loss_sum += weighted
-            window_loss += weighted
-            epoch_n += n
-            window_n += n
-            samples_seen += n
+            group_len, is_update = self._accumulation_group(batch_idx)
+            meter.add(*self._forward_backward(batch, group_len, is_update))
             if not is_update:
                 continue
-
-            if tcfg.clip_grad is not None:
-                self.scaler.unscale_(self.optimizer)
-                dispatch_clip_grad(self.raw_model.parameters(), tcfg.clip_grad, mode=tcfg.clip_mode)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.global_step += 1
-            step_in_epoch += 1
-            if self.ema is not None:
-                self.ema.update(self.raw_model, step=self.global_step)
-            if self.scheduler is not None:
-                self.scheduler.step_update(num_updates=epoch * updates_per_epoch + step_in_epoch)
-
-            save_now = bool(tcfg.ckpt_every_steps) and self.global_step % tcfg.ckpt_every_steps == 0 \
-                and step_in_epoch < updates_per_epoch
-            log_now = bool(tcfg.log_every) and step_in_epoch % tcfg.log_every == 0
-            if log_now or save_now or step_in_epoch % sync_every == 0:
-                window_avg = window_loss.item() / max(window_n, 1)
-                if not math.isfinite(window_avg):
-                    raise FloatingPointError(
-                        f"training loss is {window_avg} at epoch {epoch + 1}, step {step_in_epoch}: lower optim.lr, "
-                        "set trainer.clip_grad, or check the data for NaN/inf")
-                elapsed = time.perf_counter() - window_t0
-                info = {"loss": window_avg, "lr": self._lr(),
-                        f"{self.sample_name}/s": window_n * self.env.world_size / max(elapsed, 1e-9)}
-                if self.show_bar:
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
-                elif log_now:
-                    log.info("epoch %d step %d/%d | %s", epoch + 1, step_in_epoch, updates_per_epoch,
-                             format_metrics(info))
-                if log_now or self.show_bar:
-                    window_loss.zero_()
-                    window_n, window_t0 = 0, time.perf_counter()
+            self._optimizer_step()
+            save_now = self._mid_epoch_save_due()
+            self._report_progress(meter, bar, force=save_now)
             if save_now:
-                self.save(epoch, step_in_epoch, {"loss": loss_sum.item(), "samples": epoch_n}, is_best=False)
-            if tcfg.max_steps is not None and self.global_step >= tcfg.max_steps:
+                self.save(epoch, self.step_in_epoch, meter.sums(), is_best=False)
+            if self._max_steps_reached():
                 break
         bar.close()
-        elapsed = time.perf_counter() - epoch_t0
-        sums = {"loss": loss_sum.item(), "samples": epoch_n}
+        return self._epoch_stats(meter), meter.sums()
+
+    def _place_schedule(self, skip_steps: int) -> None:
+        """The schedule's position is where the run is in epochs, in this run's layout (equal to
+        global_step unless a resume changed the batch size)."""
+        if self.scheduler is not None:
+            self.scheduler.step(self.epoch)
+            self.scheduler.step_update(num_updates=self.epoch * self.layout.updates_per_epoch + skip_steps)
+
+    def _accumulation_group(self, batch_idx: int) -> tuple[int, bool]:
+        """The number of micro-batches in ``batch_idx``'s update (the last of an epoch may be short)
+        and whether ``batch_idx`` completes it."""
+        acc = self.tcfg.accumulate
+        group_start = (batch_idx // acc) * acc
+        group_len = min(acc, self.layout.batches_per_epoch - group_start)
+        return group_len, batch_idx + 1 == group_start + group_len
+
+    def _forward_backward(self, batch: Any, group_len: int, is_update: bool) -> tuple[torch.Tensor, int]:
+        """Gradients of one micro-batch (DDP syncs them only on the update's last); its loss and size."""
+        batch = self.adapter.train_batch_transform(self._to_device(batch))
+        sync = self.ddp.no_sync() if (self.ddp is not None and not is_update) else contextlib.nullcontext()
+        with sync:
+            with self._autocast():
+                outputs = self.adapter.forward(self.train_model, batch)
+                loss = self.adapter.loss(outputs, batch)
+            self.scaler.scale(loss / group_len).backward()
+        return loss, self.adapter.batch_size(batch)
+
+    def _optimizer_step(self) -> None:
+        """Clip, step, zero the gradients; then the EMA and the schedule follow the new position."""
+        if self.tcfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.raw_model.parameters(), self.tcfg.clip_grad, mode=self.tcfg.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if self.ema is not None:
+            self.ema.update(self.raw_model, step=self.global_step)
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=self.epoch * self.layout.updates_per_epoch + self.step_in_epoch)
+
+    def _mid_epoch_save_due(self) -> bool:
+        every = self.tcfg.ckpt_every_steps
+        return bool(every) and self.global_step % every == 0 and self.step_in_epoch < self.layout.updates_per_epoch
+
+    def _max_steps_reached(self) -> bool:
+        return self.tcfg.max_steps is not None and self.global_step >= self.tcfg.max_steps
+
+    def _report_progress(self, meter: LossMeter, bar, force: bool) -> None:
+        """Check the window's loss is finite and show it (bar postfix, or a log line every
+        trainer.log_every updates). Reading the loss is a host sync: every update on the CPU where
+        it is free, every 10 on accelerators, and whenever ``force`` (before a checkpoint)."""
+        tcfg, step = self.tcfg, self.step_in_epoch
+        log_now = bool(tcfg.log_every) and step % tcfg.log_every == 0
+        sync_every = 1 if self.device.type == "cpu" else 10
+        if not (log_now or force or step % sync_every == 0):
+            return
+        window_avg = meter.window_average()
+        if not math.isfinite(window_avg):
+            raise FloatingPointError(
+                f"training loss is {window_avg} at epoch {self.epoch + 1}, step {step}: lower optim.lr, "
+                "set trainer.clip_grad, or check the data for NaN/inf")
+        info = {"loss": window_avg, "lr": self._lr(), f"{self.sample_name}/s": meter.window_rate() * self.env.world_size}
+        if self.show_bar:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in info.items()}, refresh=False)
+        elif log_now:
+            log.info("epoch %d step %d/%d | %s", self.epoch + 1, step, self.layout.updates_per_epoch,
+                     format_metrics(info))
+        if log_now or self.show_bar:
+            meter.reset_window()
+
+    def _epoch_stats(self, meter: LossMeter) -> dict[str, Any]:
+        """The epoch's mean loss over every process, its lr, throughput and duration."""
+        elapsed = time.perf_counter() - meter.started
+        sums = meter.sums()
         if not math.isfinite(sums["loss"]):
-            raise FloatingPointError(f"training loss is {sums['loss']} in epoch {epoch + 1}: lower optim.lr, "
+            raise FloatingPointError(f"training loss is {sums['loss']} in epoch {self.epoch + 1}: lower optim.lr, "
                                      "set trainer.clip_grad, or check the data for NaN/inf")
         reduced = all_reduce_sum({k: torch.tensor(float(v), dtype=torch.float64) for k, v in sums.items()}, self.env)
-        stats: dict[str, Any] = {
+        return {
             "lr": self._lr(),
             "train/loss": float(reduced["loss"] / max(float(reduced["samples"]), 1.0)),
-            f"train/{self.sample_name}_per_s": samples_seen * self.env.world_size / max(elapsed, 1e-9),
+            f"train/{self.sample_name}_per_s": meter.samples_seen * self.env.world_size / max(elapsed, 1e-9),
             "time_s": elapsed,
         }
-        return stats, step_in_epoch, sums
 
     def _lr(self) -> float:
         return max(g["lr"] for g in self.optimizer.param_groups)
