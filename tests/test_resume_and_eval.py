@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 from torch.utils.data import TensorDataset
 
-from bixt.checkpoint import load_checkpoint
 from bixt.engine import run, trainer_config
-from bixt.engine.checkpointing import atomic_save, load_weights
+from bixt.engine.checkpointing import atomic_save
+from bixt.weights import load_weights
 from bixt.tasks.classification import ClassificationAdapter
 from test_engine import DiesAfter, Killed, NoisyBlobs, adapter, make_cfg, state, tiny_model
 
@@ -146,25 +146,28 @@ def test_non_strict_loading_strips_wrapper_prefixes_and_refuses_to_load_nothing(
                      ("timm_ema", {"state_dict_ema": {f"module.{k}": v for k, v in source.state_dict().items()}})):
         torch.save(sd, tmp_path / f"{name}.pth")
         target = tiny_model()
-        with caplog.at_level(logging.INFO, logger="bixt.engine"):
-            load_weights(target, tmp_path / f"{name}.pth", strict=False)
+        report = load_weights(target, tmp_path / f"{name}.pth", strict=False)
         for key, value in source.state_dict().items():
             assert torch.equal(target.state_dict()[key], value), (name, key)
-    assert "4 of 4 model tensors" in caplog.text
+        assert "4 of 4 model tensors" in str(report) and report.complete
 
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
     with pytest.raises(RuntimeError, match="none of its 1 tensors"):
         load_weights(tiny_model(), tmp_path / "foreign.pth", strict=False)
+    # and through the engine (trainer.checkpoint_strict=false)
     with pytest.raises(RuntimeError, match="none of its 1 tensors"):
-        load_checkpoint(tiny_model(), tmp_path / "foreign.pth", strict=False)
+        run(make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "foreign.pth"),
+                     checkpoint_strict=False), tiny_model(), adapter(), None, VAL)
 
 
 def test_non_strict_partial_load_reports_what_it_loaded(tmp_path, caplog):
     partial = {k: v for k, v in tiny_model().state_dict().items() if k.startswith("0.")}
     torch.save(partial, tmp_path / "partial.pth")
     with caplog.at_level(logging.WARNING):
-        load_weights(tiny_model(), tmp_path / "partial.pth", strict=False)
+        run(make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "partial.pth"),
+                     checkpoint_strict=False), tiny_model(), adapter(), None, VAL)
     assert "2 of 4 model tensors" in caplog.text and "2 not in the checkpoint" in caplog.text
+    assert "trainer.checkpoint_strict=false" in caplog.text
 
 
 # ----------------------------------------------------------------------------- task extras

@@ -243,12 +243,12 @@ def tiny_classifier(**kwargs):
 
 
 def test_official_conversion_helper_is_right():
-    from bixt.checkpoint import load_checkpoint
+    from bixt.weights import load_weights
 
     source = tiny_classifier()
     target = tiny_classifier(drop_rate=0.0)
     nn.init.zeros_(target.encoder.latents)
-    load_checkpoint(target, to_official(source.state_dict()))  # strict: every official key used
+    load_weights(target, to_official(source.state_dict()))  # strict: every official key used
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 

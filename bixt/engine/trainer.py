@@ -31,25 +31,38 @@ from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
 
-#: what the engine itself writes into a checkpoint (an adapter's checkpoint_extra may not reuse these)
-_CHECKPOINT_KEYS = {"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch",
-                    "global_step", "epoch_sums", "best", "rng", "world_size", "config", "arch", "layout"}
-
 _AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                "float16": torch.float16, "fp32": None, "float32": None, "none": None}
 
 
 def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
-        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None) -> dict[str, float]:
+        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None, *,
+        start: Optional[ckpt_io.StartCheckpoint] = None) -> dict[str, float]:
     """Train ``model`` on ``train_set`` (or only evaluate it), evaluating on ``val_set`` and, at the
-    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict."""
+    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict.
+    ``start``: what :func:`~bixt.engine.checkpointing.start_checkpoint` read for this ``cfg`` (the
+    engine then reads no file twice); ``None``: the engine resolves and reads it itself."""
     tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
+    start = _checked_start(tcfg, start)
     env = init_distributed(tcfg.device)
     try:
         with process_settings_restored():
-            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
+            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn, start).fit(train_set, val_set,
+                                                                                        test_sets or {})
     finally:
         cleanup(env)
+
+
+def _checked_start(tcfg: TrainerConfig, start: Optional[ckpt_io.StartCheckpoint]) -> Optional[ckpt_io.StartCheckpoint]:
+    """The start checkpoint of this config: ``start`` when it is the one the config names, else read now."""
+    path, kind = ckpt_io.resolve_start(tcfg)
+    if start is None:
+        return ckpt_io.read_start(path, kind) if path is not None else None
+    if path is None or kind != start.kind or Path(start.path).resolve() != path.resolve():
+        named = f"{kind} {path}" if path is not None else "no start checkpoint"
+        raise ValueError(f"run(start=...) holds the {start.kind} checkpoint {start.path}, but cfg.trainer names "
+                         f"{named}: pass start=bixt.engine.start_checkpoint(cfg) of the config given to run")
+    return start
 
 
 @contextlib.contextmanager
@@ -89,7 +102,7 @@ def warn_if_few_updates(tcfg: TrainerConfig, updates_per_epoch: int, train_size:
 
 class _Engine:
     def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, ocfg: OptimConfig, env: DistEnv,
-                 model: nn.Module, adapter: TaskAdapter, collate_fn):
+                 model: nn.Module, adapter: TaskAdapter, collate_fn, start: Optional[ckpt_io.StartCheckpoint]):
         self.cfg, self.tcfg, self.ocfg, self.env = cfg, tcfg, ocfg, env
         # the one place a duck-typed adapter gets the default hooks; the engine then calls them directly
         self.adapter, self.collate_fn = as_task_adapter(adapter), collate_fn
@@ -98,9 +111,11 @@ class _Engine:
         self._setup_backends()
         self.amp_dtype = self._amp_dtype()
         # eval_only reads a checkpoint (trainer.resume names a run's, else trainer.checkpoint) and
-        # writes nothing into a training run; training resumes trainer.resume or starts fresh
-        self.eval_weights = ckpt_io.eval_weights_path(tcfg) if tcfg.eval_only else None
-        self.resume_path = None if tcfg.eval_only else ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir)
+        # writes nothing into a training run; training resumes trainer.resume, or starts from
+        # trainer.checkpoint's weights, or fresh. The file was read once (start_checkpoint).
+        self.eval_weights = start.path if tcfg.eval_only and start is not None else None
+        self.resume_path = start.path if start is not None and start.kind == ckpt_io.RESUME else None
+        self.resume_state = start.take_contents() if self.resume_path is not None else None
         run_dir = self._eval_dir() if tcfg.eval_only else self._run_dir()
         self.run_dir = Path(broadcast_object(str(run_dir), env))
         self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
@@ -112,9 +127,8 @@ class _Engine:
             ckpt_io.remove_stale_temp_files(self.run_dir)
 
         self.raw_model = model.to(self.device)
-        initial = self.eval_weights if tcfg.eval_only else (tcfg.checkpoint if self.resume_path is None else None)
-        if initial:
-            ckpt_io.load_weights(self.raw_model, initial, strict=tcfg.checkpoint_strict)
+        if start is not None and start.kind != ckpt_io.RESUME:
+            ckpt_io.load_start_weights(self.raw_model, start, start.take_contents(), strict=tcfg.checkpoint_strict)
         if tcfg.sync_bn and env.distributed:
             self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
         self.ema = ModelEmaV3(self.raw_model, decay=tcfg.ema_decay, use_warmup=tcfg.ema_warmup) if tcfg.ema else None
@@ -201,7 +215,7 @@ class _Engine:
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         extra = dict(self.adapter.checkpoint_extra or {})
-        clash = sorted(set(extra) & _CHECKPOINT_KEYS)
+        clash = sorted(set(extra) & ckpt_io.ENGINE_KEYS)
         if clash:
             raise ValueError(f"adapter.checkpoint_extra uses keys the engine writes itself: {clash}")
         return extra
@@ -366,7 +380,7 @@ class _Engine:
         self.global_step, self.best = 0, None
         start_epoch, start_step, epoch_stats = 0, 0, None
         if self.resume_path is not None:
-            ckpt = ckpt_io.load_training_checkpoint(self.resume_path)
+            ckpt, self.resume_state = self.resume_state, None  # dropped once restored: no second copy in memory
             plan = plan_resume(ckpt, self.resume_path, self.layout, self.ocfg, env.rank)
             self._restore(self.resume_path, ckpt, plan.changes)
             start_epoch, start_step, epoch_stats = plan.epoch, plan.step_in_epoch, plan.epoch_sums
