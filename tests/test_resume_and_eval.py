@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 from torch.utils.data import TensorDataset
 
-from bixt.engine import run, trainer_config
+from bixt.engine import run, start_checkpoint, trainer_config
 from bixt.engine.checkpointing import atomic_save
 from bixt.weights import load_weights
 from bixt.tasks.classification import ClassificationAdapter
@@ -269,3 +269,43 @@ def test_impossible_settings_fail_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"optim\.lr=-1\.0"):
         run(cfg, tiny_model(), adapter(), TRAIN, VAL)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- the start checkpoint, read once
+@pytest.fixture
+def torch_loads(monkeypatch):
+    """The paths torch.load reads from here on."""
+    paths, load = [], torch.load
+
+    def counting(f, *args, **kwargs):
+        paths.append(str(f))
+        return load(f, *args, **kwargs)
+    monkeypatch.setattr(torch, "load", counting)
+    return paths
+
+
+@pytest.mark.parametrize("mode", ["eval", "resume", "weights"])
+def test_the_start_checkpoint_is_read_once_and_hands_its_class_names_to_the_task(tmp_path, torch_loads, mode):
+    run(make_cfg(tmp_path / "run", epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TRAIN, VAL)
+    last = tmp_path / "run" / "last.pth"
+    trainer = {"eval": dict(eval_only=True, resume=True), "resume": dict(resume=True, epochs=2),
+               "weights": dict(checkpoint=str(last), run_dir=str(tmp_path / "finetune"))}[mode]
+    cfg = make_cfg(tmp_path / "run", **trainer)
+    torch_loads.clear()
+    start = start_checkpoint(cfg)
+    assert (start.path, start.kind, start.classes) == (last, mode, ["neg", "pos"])
+    assert start.binds_labels == (mode != "weights") and start.metadata == {"classes": ["neg", "pos"]}
+    metrics = run(cfg, tiny_model(), ClassificationAdapter(2, classes=start.classes), TRAIN, VAL, start=start)
+    assert torch_loads == [str(last)]  # the task's read is the engine's
+    assert "val/top1" in metrics if mode == "eval" else metrics["epoch"] == 2
+    with pytest.raises(RuntimeError, match="already used by a run"):
+        start.take_contents()
+
+
+def test_a_start_checkpoint_of_another_config_is_refused(tmp_path):
+    train(tmp_path / "run", epochs=1)
+    start = start_checkpoint(make_cfg(tmp_path / "run", resume=True, epochs=2))
+    with pytest.raises(ValueError, match=r"run\(start=...\) holds the resume checkpoint .*last\.pth, but cfg\.trainer "
+                                         r"names no start checkpoint"):
+        run(make_cfg(tmp_path / "other", epochs=1), tiny_model(), adapter(), TRAIN, VAL, start=start)
+    assert start_checkpoint(make_cfg(tmp_path / "fresh", epochs=1)) is None
