@@ -280,7 +280,7 @@ def _select(state: StateDict, within: str, dropped: dict[str, list[str]]) -> Sta
         return state
     others = [k for k in state if not k.startswith(prefix)]
     if others:
-        dropped[f"outside {prefix}* (the rest of a whole-model checkpoint, e.g. its decode head)"] = others
+        dropped[f"outside {prefix}* (the rest of a whole-model checkpoint: a decode head, a pre-training decoder)"] = others
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 

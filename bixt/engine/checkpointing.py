@@ -255,6 +255,8 @@ class StartCheckpoint:
     contents: Optional[Mapping[str, Any]] = field(repr=False)
     #: everything stored next to the weights that is not the engine's or a wrapper's: ``classes``...
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: set once the weights were loaded (:meth:`load_into`)
+    report: Optional[LoadReport] = field(default=None, repr=False)
 
     @property
     def binds_labels(self) -> bool:
@@ -267,6 +269,18 @@ class StartCheckpoint:
         """The class names by label the checkpoint was trained with, ``None`` if it stores none."""
         classes = self.metadata.get("classes")
         return [str(c) for c in classes] if classes else None
+
+    def load_into(self, model: nn.Module, *, strict: bool = True, **options: Any) -> LoadReport:
+        """Load the weights into ``model`` through :func:`bixt.weights.load_weights` (``options``:
+        ``within``, ``drop``, ``use_ema``, ``filter_fn``...) and log the report. A task that needs
+        options (a fine-tune from a pre-training run drops its decoder) calls this before
+        :func:`bixt.engine.run`, which then loads nothing; otherwise the engine calls it plainly."""
+        if self.kind == RESUME:
+            raise ValueError(f"{self.path} is resumed: the engine restores its weights with the training state")
+        report = load_weights(model, self.take_contents(), strict=strict, name=str(self.path), **options)
+        report.log_to(log, "" if report.complete else "non-strict load: ")
+        self.report = report
+        return report
 
     def take_contents(self) -> Mapping[str, Any]:
         """The file's contents, handed over once (the engine takes them; the memory goes with it)."""
@@ -304,13 +318,3 @@ def run_checkpoint_classes(tcfg: Any) -> tuple[Path | None, list[str] | None]:
     if path is None or kind == WEIGHTS:
         return None, None
     return path, read_start(path, kind).classes
-
-
-def load_start_weights(model: nn.Module, start: StartCheckpoint, contents: Mapping[str, Any],
-                       strict: bool = True) -> LoadReport:
-    """Initial weights from the start checkpoint (evaluated, or started from) through
-    :func:`bixt.weights.load_weights`, logged: how many of the model's tensors it set (it refuses to
-    set none)."""
-    report = load_weights(model, contents, strict=strict, name=str(start.path))
-    report.log_to(log, "" if report.complete else "(trainer.checkpoint_strict=false) ")
-    return report

@@ -127,8 +127,8 @@ class _Engine:
             ckpt_io.remove_stale_temp_files(self.run_dir)
 
         self.raw_model = model.to(self.device)
-        if start is not None and start.kind != ckpt_io.RESUME:
-            ckpt_io.load_start_weights(self.raw_model, start, start.take_contents(), strict=tcfg.checkpoint_strict)
+        if start is not None and start.kind != ckpt_io.RESUME and start.report is None:  # else the task loaded it
+            start.load_into(self.raw_model, strict=tcfg.checkpoint_strict)
         if tcfg.sync_bn and env.distributed:
             self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
         self.ema = ModelEmaV3(self.raw_model, decay=tcfg.ema_decay, use_warmup=tcfg.ema_warmup) if tcfg.ema else None

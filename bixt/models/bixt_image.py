@@ -161,9 +161,9 @@ class BiXT(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def load_pretrained(self, checkpoint_path: str) -> None:
-        """timm's ``custom_load`` hook: read any accepted checkpoint format (see :mod:`bixt.weights`);
-        a classifier of another size stays at its init."""
-        load_weights(self, checkpoint_path, drop=other_classifier).log_to(_logger, "pretrained: ")
+        """timm's ``custom_load`` hook: read any accepted checkpoint format (see :mod:`bixt.weights`),
+        or the ``backbone.*`` of a whole-model checkpoint; a classifier of another size stays at its init."""
+        load_weights(self, checkpoint_path, within="backbone", drop=other_classifier).log_to(_logger, "pretrained: ")
 
     # --- forward --------------------------------------------------------------------------------
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
