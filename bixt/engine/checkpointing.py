@@ -296,8 +296,14 @@ def read_start(path: Path, kind: str) -> StartCheckpoint:
     any weight file of :func:`bixt.weights.read_checkpoint` to evaluate or start from."""
     contents = load_training_checkpoint(path) if kind == RESUME else read_checkpoint(path)
     skip = ENGINE_KEYS | set(WRAPPER_KEYS) | {"args", "version"}
-    metadata = {k: v for k, v in contents.items() if k not in skip and not isinstance(v, (torch.Tensor, Mapping))}
+    metadata = {k: v for k, v in contents.items() if k not in skip and not _holds_tensors(v)}
     return StartCheckpoint(Path(path), kind, contents, metadata)
+
+
+def _holds_tensors(value: Any) -> bool:
+    """A tensor or a state dict (a plain weights file's top level, a wrapper's weights): not metadata."""
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values()))
 
 
 def start_checkpoint(cfg: Union[DictConfig, TrainerConfig]) -> Optional[StartCheckpoint]:
