@@ -454,7 +454,7 @@ class Bench:
 
     # accuracy --------------------------------------------------------------------------------------
     def run_accuracy(self) -> None:
-        from bixt.checkpoint import load_checkpoint
+        from bixt.weights import load_weights
 
         path = self.plan.golden
         if not path.exists():
@@ -463,7 +463,7 @@ class Bench:
         golden = torch.load(path, map_location="cpu", weights_only=True)
         attn_impl = self.plan.model.kwargs.get("attn_impl", "auto")
         model = build_model("bixt_ti_l64_p16", {**golden["kwargs"], "attn_impl": attn_impl}).eval()
-        load_checkpoint(model, golden["state_dict"])
+        load_weights(model, golden["state_dict"])
         images = golden["input"]
         with torch.no_grad():
             feats32 = model.forward_features(images)

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import bixt  # noqa: F401  (registers the models)
-from bixt.checkpoint import load_checkpoint, read_state_dict, save_safetensors
+from bixt.weights import load_weights, read_state_dict, save_safetensors
 from bixt.models import BiXT
 
 DATA = Path(__file__).parent / "data"
@@ -24,7 +24,8 @@ def golden():
 
 def _golden_model(golden):
     model = timm.create_model("bixt_ti_l64_p16", **golden["kwargs"]).eval()
-    return load_checkpoint(model, golden["state_dict"])
+    load_weights(model, golden["state_dict"])
+    return model
 
 
 def test_golden_outputs(golden):
@@ -58,7 +59,7 @@ def test_official_layout_loads(spec):
     torch.manual_seed(0)
     state = {k: torch.randn(shape).to(getattr(torch, dtype)) if shape else torch.tensor(3)
              for k, shape, dtype in info["entries"]}
-    load_checkpoint(model, state)  # strict: every key used, every parameter filled
+    load_weights(model, state)  # strict: every key used, every parameter filled
     filled = dict(model.named_parameters())
     assert torch.equal(filled["encoder.latents"], state["latents"])
     assert torch.equal(filled["head.weight"], state["head.weight"])
@@ -96,12 +97,12 @@ def test_checkpoint_forms_round_trip(golden, tmp_path, form):
             archive.write(path, "bixt_ti_l64_p16/model_best.pth.tar")
         path = tmp_path / "bixt_ti_l64_p16.zip"
     model = timm.create_model("bixt_ti_l64_p16", **golden["kwargs"]).eval()
-    load_checkpoint(model, path, use_ema=(form == "ema"))
+    load_weights(model, path, use_ema=(form == "ema"))
     if form == "safetensors":
         path = tmp_path / "w.safetensors"
         save_safetensors(model, path)
         model = timm.create_model("bixt_ti_l64_p16", **golden["kwargs"]).eval()
-        load_checkpoint(model, path)
+        load_weights(model, path)
     with torch.no_grad():
         assert (model(golden["input"]) - golden["logits"]).abs().max() <= 1e-5
 
@@ -111,7 +112,7 @@ def test_use_ema_without_ema_weights_is_an_error(golden, tmp_path):
     torch.save(_official_training_checkpoint(golden), path)
     model = timm.create_model("bixt_ti_l64_p16", **golden["kwargs"])
     with pytest.raises(KeyError, match="no EMA weights"):
-        load_checkpoint(model, path, use_ema=True)
+        load_weights(model, path, use_ema=True)
 
 
 @pytest.mark.parametrize("suffix", ["pth.tar", "zip"])
@@ -136,7 +137,7 @@ def test_timm_pretrained_file(golden, tmp_path, suffix):
 def test_ft384_loads_224_checkpoint_and_runs_any_size(golden):
     kwargs = dict(golden["kwargs"])
     model = timm.create_model("bixt_ti_l64_p16_ft384", **kwargs).eval()
-    load_checkpoint(model, golden["state_dict"])  # 224 checkpoint with its 14x14 Fourier buffer
+    load_weights(model, golden["state_dict"])  # 224 checkpoint with its 14x14 Fourier buffer
     with torch.no_grad():
         assert (model(golden["input"]) - golden["logits"]).abs().max() <= 1e-5  # same maths at 224
         for size in (384, 160, 96):
@@ -194,13 +195,13 @@ def test_bad_images(x, match):
 def test_checkpoint_for_other_architecture_is_rejected(golden, tmp_path):
     model = timm.create_model("bixt_ti_l64_p16", **dict(golden["kwargs"], depth=2))
     with pytest.raises(RuntimeError, match=r"missing keys: .*unexpected keys: .*encoder\.blocks\.2\."):
-        load_checkpoint(model, golden["state_dict"])
+        load_weights(model, golden["state_dict"])
     model = timm.create_model("bixt_ti_l64_p16s8", **golden["kwargs"])
     with pytest.raises(RuntimeError, match=r"\(14, 14\) token grid but this model uses \(28, 28\)"):
-        load_checkpoint(model, golden["state_dict"])
+        load_weights(model, golden["state_dict"])
     model = timm.create_model("bixt_ed256_l64_p16", **dict(golden["kwargs"], embed_dim_lat=120, embed_dim_pat=120, embed_dim_attn=120))
     with pytest.raises(RuntimeError, match=r"shape mismatches: .*encoder\.latents: checkpoint \(1, 64, 96\) vs model \(1, 64, 120\)"):
-        load_checkpoint(model, golden["state_dict"])
+        load_weights(model, golden["state_dict"])
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         read_state_dict(tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")

@@ -18,12 +18,12 @@ from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 from torch.utils.data import TensorDataset
 
-from bixt.checkpoint import load_checkpoint
-from bixt.engine import run, trainer_config
 from bixt.data.errors import data_errors_exit
+from bixt.engine import run, start_checkpoint, trainer_config
 from bixt.engine import run_dir as run_dir_mod
-from bixt.engine.checkpointing import atomic_save, load_weights
+from bixt.engine.checkpointing import atomic_save
 from bixt.engine.run_dir import LOCK, RunDirError, RunDirLock
+from bixt.weights import load_weights
 from bixt.tasks.classification import ClassificationAdapter
 from test_engine import DiesAfter, Killed, NoisyBlobs, adapter, make_cfg, state, tiny_model
 
@@ -154,25 +154,28 @@ def test_non_strict_loading_strips_wrapper_prefixes_and_refuses_to_load_nothing(
                      ("timm_ema", {"state_dict_ema": {f"module.{k}": v for k, v in source.state_dict().items()}})):
         torch.save(sd, tmp_path / f"{name}.pth")
         target = tiny_model()
-        with caplog.at_level(logging.INFO, logger="bixt.engine"):
-            load_weights(target, tmp_path / f"{name}.pth", strict=False)
+        report = load_weights(target, tmp_path / f"{name}.pth", strict=False)
         for key, value in source.state_dict().items():
             assert torch.equal(target.state_dict()[key], value), (name, key)
-    assert "4 of 4 model tensors" in caplog.text
+        assert "4 of 4 model tensors" in str(report) and report.complete
 
     torch.save({"encoder.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
     with pytest.raises(RuntimeError, match="none of its 1 tensors"):
         load_weights(tiny_model(), tmp_path / "foreign.pth", strict=False)
+    # and through the engine (trainer.checkpoint_strict=false)
     with pytest.raises(RuntimeError, match="none of its 1 tensors"):
-        load_checkpoint(tiny_model(), tmp_path / "foreign.pth", strict=False)
+        run(make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "foreign.pth"),
+                     checkpoint_strict=False), tiny_model(), adapter(), None, VAL)
 
 
 def test_non_strict_partial_load_reports_what_it_loaded(tmp_path, caplog):
     partial = {k: v for k, v in tiny_model().state_dict().items() if k.startswith("0.")}
     torch.save(partial, tmp_path / "partial.pth")
     with caplog.at_level(logging.WARNING):
-        load_weights(tiny_model(), tmp_path / "partial.pth", strict=False)
+        run(make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "partial.pth"),
+                     checkpoint_strict=False), tiny_model(), adapter(), None, VAL)
     assert "2 of 4 model tensors" in caplog.text and "2 not in the checkpoint" in caplog.text
+    assert "non-strict load" in caplog.text
 
 
 # ----------------------------------------------------------------------------- task extras
@@ -372,3 +375,66 @@ def test_logs_and_metrics_number_epochs_alike(tmp_path, caplog):
     assert [r["epoch"] for r in records(tmp_path) if "epoch" in r] == [1, 2]
     best_epoch = 1 + [r["val/top1"] for r in records(tmp_path) if "epoch" in r].index(metrics["best/top1"])
     assert f"best checkpoint (end of epoch {best_epoch})" in caplog.text
+
+
+# ----------------------------------------------------------------------------- the start checkpoint, read once
+@pytest.fixture
+def torch_loads(monkeypatch):
+    """The paths torch.load reads from here on."""
+    paths, load = [], torch.load
+
+    def counting(f, *args, **kwargs):
+        paths.append(str(f))
+        return load(f, *args, **kwargs)
+    monkeypatch.setattr(torch, "load", counting)
+    return paths
+
+
+@pytest.mark.parametrize("mode", ["eval", "resume", "weights"])
+def test_the_start_checkpoint_is_read_once_and_hands_its_class_names_to_the_task(tmp_path, torch_loads, mode):
+    run(make_cfg(tmp_path / "run", epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TRAIN, VAL)
+    last = tmp_path / "run" / "last.pth"
+    trainer = {"eval": dict(eval_only=True, resume=True), "resume": dict(resume=True, epochs=2),
+               "weights": dict(checkpoint=str(last), run_dir=str(tmp_path / "finetune"))}[mode]
+    cfg = make_cfg(tmp_path / "run", **trainer)
+    torch_loads.clear()
+    start = start_checkpoint(cfg)
+    assert (start.path, start.kind, start.classes) == (last, mode, ["neg", "pos"])
+    assert start.binds_labels == (mode != "weights") and start.metadata == {"classes": ["neg", "pos"]}
+    metrics = run(cfg, tiny_model(), ClassificationAdapter(2, classes=start.classes), TRAIN, VAL, start=start)
+    assert torch_loads == [str(last)]  # the task's read is the engine's
+    assert "val/top1" in metrics if mode == "eval" else metrics["epoch"] == 2
+    with pytest.raises(RuntimeError, match="already used by a run"):
+        start.take_contents()
+
+
+def test_a_start_checkpoint_of_another_config_is_refused(tmp_path):
+    train(tmp_path / "run", epochs=1)
+    start = start_checkpoint(make_cfg(tmp_path / "run", resume=True, epochs=2))
+    with pytest.raises(ValueError, match=r"run\(start=...\) holds the resume checkpoint .*last\.pth, but cfg\.trainer "
+                                         r"names no start checkpoint"):
+        run(make_cfg(tmp_path / "other", epochs=1), tiny_model(), adapter(), TRAIN, VAL, start=start)
+    assert start_checkpoint(make_cfg(tmp_path / "fresh", epochs=1)) is None
+
+
+def test_a_task_loads_a_pretraining_checkpoint_with_its_drop_rule_and_the_engine_loads_nothing(tmp_path, torch_loads):
+    from bixt.weights import drop_prefixes
+
+    source = tiny_model()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)
+    pretrain = {"state_dict": {**{f"backbone.{k}": v for k, v in source.state_dict().items()},
+                               "decoder.weight": torch.zeros(3, 3), "mask_token": torch.zeros(1, 1, 3)}}
+    torch.save(pretrain, tmp_path / "pretrain.pth")
+    cfg = make_cfg(tmp_path / "finetune", checkpoint=str(tmp_path / "pretrain.pth"), epochs=1)
+    torch_loads.clear()
+    start, model = start_checkpoint(cfg), tiny_model()
+    report = start.load_into(model, within="backbone", drop=drop_prefixes("pre-training decoder", "decoder.", "mask_token"))
+    assert report.loaded == report.total == 4
+    (why,) = report.dropped
+    assert why.startswith("outside backbone.*") and sorted(report.dropped[why]) == ["decoder.weight", "mask_token"]
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    run(cfg, model, adapter(), TRAIN, VAL, start=start)  # a second load would fail: no tensor matches
+    assert torch_loads == [str(tmp_path / "pretrain.pth")]

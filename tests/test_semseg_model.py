@@ -224,9 +224,9 @@ def to_official(state, grid=(14, 14)):
     return out
 
 
-def official_zip(tmp_path, classifier, name=D13):
+def official_zip(tmp_path, classifier, name=D13, grid=(14, 14)):
     """A published-style weight file: zip holding <name>/model_best.pth.tar, a training checkpoint."""
-    weights = {"module." + k: v for k, v in to_official(classifier.state_dict()).items()}
+    weights = {"module." + k: v for k, v in to_official(classifier.state_dict(), grid).items()}
     ckpt = {"epoch": 299, "state_dict": weights, "optimizer": {"state": {}, "param_groups": []},
             "args": argparse.Namespace(model=name, lr=1e-3), "version": 2}
     inner = tmp_path / "model_best.pth.tar"
@@ -243,12 +243,12 @@ def tiny_classifier(**kwargs):
 
 
 def test_official_conversion_helper_is_right():
-    from bixt.checkpoint import load_checkpoint
+    from bixt.weights import load_weights
 
     source = tiny_classifier()
     target = tiny_classifier(drop_rate=0.0)
     nn.init.zeros_(target.encoder.latents)
-    load_checkpoint(target, to_official(source.state_dict()))  # strict: every official key used
+    load_weights(target, to_official(source.state_dict()))  # strict: every official key used
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 
@@ -311,6 +311,17 @@ def test_wrong_checkpoints_are_refused(tmp_path):
         load_pretrained_backbone(tiny(), d12)
     with pytest.raises(FileNotFoundError, match="nowhere.zip"):
         tiny(pretrained=tmp_path / "nowhere.zip")
+
+
+def test_a_stride_8_file_is_refused_by_a_stride_16_backbone(tmp_path):
+    # every tensor has the same shape at stride 8 and 16; the file's 224 px position grid and its
+    # args tell them apart
+    s8 = official_zip(tmp_path, tiny_classifier(), name="bixt_ti_l64_d13_p16s8", grid=(28, 28))
+    with pytest.raises(RuntimeError, match=r"token stride 8, but this model has token stride 16.*pick the variant "
+                                           r"with stride 8.*seems to be for: model 'bixt_ti_l64_d13_p16s8'"):
+        tiny(pretrained=s8)
+    model = tiny(backbone="bixt_ti_l64_d13_p16s8", pretrained=s8)  # the matching variant takes it
+    assert model.load_report.loaded == model.load_report.total
 
 
 @pytest.fixture(scope="module")

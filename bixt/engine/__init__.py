@@ -2,7 +2,7 @@
 
 Public API (stable)
 -------------------
-``run(cfg, model, adapter, train_set, val_set, collate_fn=None, test_sets=None) -> dict[str, float]``
+``run(cfg, model, adapter, train_set, val_set, collate_fn=None, test_sets=None, *, start=None) -> dict[str, float]``
     Train ``model`` on ``train_set`` and evaluate on ``val_set`` after every ``trainer.eval_every``
     epochs (and the last); at the end evaluate each ``test_sets[name]`` with the ``best`` (or
     ``last``, ``trainer.test_with``) weights. With ``trainer.eval_only=true`` only evaluate
@@ -17,6 +17,9 @@ Public API (stable)
     * ``model``: an ``nn.Module`` built by the task (call :func:`seed_everything` first, so the
       initial weights are deterministic). The engine moves it to the device, loads
       ``trainer.checkpoint`` into it if set, and wraps it (DDP, torch.compile) itself.
+    * ``start``: the :class:`StartCheckpoint` the task got from :func:`start_checkpoint` for this
+      ``cfg`` (it read the file to learn the class names): the engine loads from those contents
+      instead of reading the file again. ``None``: the engine resolves and reads it.
     * ``adapter``: an instance of a :class:`TaskAdapter` subclass (the ABC: ``forward``, ``loss``,
       ``batch_size``, ``make_evaluator``, ``main_metric`` are abstract), overriding the hooks listed
       in :mod:`bixt.engine.task` as needed (``train_batch_transform`` for batch-level augmentation
@@ -26,6 +29,13 @@ Public API (stable)
       tuples), and handed to the adapter. Per-sample augmentation inside a dataset may use
       ``random``/``numpy``/``torch`` global RNGs freely: the engine seeds them per sample from
       ``(seed, epoch, index)`` (reproducible across worker counts, ranks and resumes).
+
+``start_checkpoint(cfg) -> StartCheckpoint | None``
+    The checkpoint a run of ``cfg`` starts from, resolved and read once: ``eval_only`` evaluates
+    ``trainer.checkpoint`` (or with ``trainer.resume`` the run's), ``resume`` continues the run's
+    ``last.pth``, else ``trainer.checkpoint`` gives initial weights (fine-tuning). ``.path``,
+    ``.kind`` (eval | resume | weights), ``.metadata`` (what the adapter stored: ``classes``...),
+    ``.classes``, ``.binds_labels`` (eval or resume: the data must be labelled as the checkpoint was).
 
 ``seed_everything(seed)``
     Seed ``random``, ``numpy`` and ``torch``. Tasks call it with ``cfg.trainer.seed`` before
@@ -79,10 +89,13 @@ Example (a task entry point)::
     @hydra.main(version_base=None, config_path="../configs/mytask", config_name="config")
     def main(cfg):
         seed_everything(cfg.trainer.seed)
-        train_set, val_set = build_data(cfg.data)
+        start = start_checkpoint(cfg)  # None for a fresh run
+        classes = start.classes if start is not None and start.binds_labels else None
+        train_set, val_set = build_data(cfg.data, classes=classes)
         model = build_model(cfg.model)
-        return run(cfg, model, MyAdapter(), train_set, val_set)
+        return run(cfg, model, MyAdapter(), train_set, val_set, start=start)
 """
+from bixt.engine.checkpointing import StartCheckpoint, start_checkpoint
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, register_configs, trainer_config
 from bixt.engine.distributed import DistEnv, init_distributed
 from bixt.engine.reproducibility import seed_everything
@@ -93,6 +106,7 @@ from bixt.engine.trainer import run
 register_configs()
 
 __all__ = [
-    "run", "seed_everything", "init_distributed", "DistEnv", "TrainerConfig", "OptimConfig",
-    "trainer_config", "optim_config", "TaskAdapter", "TaskAdapterBase", "Evaluator", "move_to_device", "RunDirError",
+    "run", "start_checkpoint", "StartCheckpoint", "seed_everything", "init_distributed", "DistEnv", "TrainerConfig",
+    "OptimConfig", "trainer_config", "optim_config", "TaskAdapter", "TaskAdapterBase", "Evaluator", "move_to_device",
+    "RunDirError",
 ]

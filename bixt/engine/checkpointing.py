@@ -1,7 +1,8 @@
-"""Training checkpoints: atomic writes, resume resolution, loading initial weights.
+"""Training checkpoints: atomic writes, resume resolution, the start checkpoint read once.
 
+The engine keeps training state here; reading and loading weights is :mod:`bixt.weights`' job.
 A checkpoint is a ``dict`` that ``torch.load(..., weights_only=True)`` can read (so timm's
-``pretrained_cfg_overlay=dict(file=PATH)`` and ``bixt.checkpoint.load_checkpoint`` accept it):
+``pretrained_cfg_overlay=dict(file=PATH)`` and ``bixt.weights.load_weights`` accept it):
 
 =================  ==========================================================================
 ``state_dict``      model weights (unwrapped: no ``module.``/``_orig_mod.`` prefixes)
@@ -23,24 +24,28 @@ engine removes such files when it (re)starts in the run directory.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Union
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
-from bixt.checkpoint import load_weights_into, read_checkpoint
+from bixt.engine.config import TrainerConfig, trainer_config
+from bixt.engine.run_dir import BEST, LAST, run_checkpoint_to_evaluate
+from bixt.weights import WRAPPER_KEYS, LoadReport, load_weights, read_checkpoint, torch_load
 
 log = logging.getLogger(__name__)
 
-LAST = "last.pth"
-BEST = "best.pth"
+#: what the engine itself writes into a checkpoint (an adapter's checkpoint_extra may not reuse these)
+ENGINE_KEYS = frozenset({"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch",
+                         "global_step", "epoch_sums", "best", "rng", "world_size", "config", "arch", "layout"})
 #: how to start from the weights of a checkpoint that cannot be resumed (named in error messages)
 FROM_WEIGHTS = ("trainer.checkpoint=PATH without resume (the ImageNet task: model.checkpoint=PATH, "
                 "or finetune_from=PATH)")
@@ -147,16 +152,15 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        # official (timm train.py) checkpoints carry argparse.Namespace `args`: let them load, so
-        # the error below can say what they are instead of "truncated"
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # official (timm train.py) checkpoints carry argparse.Namespace `args`: the safe loader lets
+        # them load, so the error below can say what they are instead of "truncated"
+        ckpt = torch_load(path)
     except Exception as err:  # noqa: BLE001 - re-raised with the path and the likely cause
         if _holds_weights(path):
             raise ValueError(f"{path} holds model weights but is not a training checkpoint written by bixt.engine "
                              "(an official release?): it cannot be resumed. Start from its weights with "
                              f"{FROM_WEIGHTS}") from err
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}\n"
+        raise RuntimeError(f"cannot read checkpoint {path}: {err.__cause__ or err}\n"
                            "(a truncated file? checkpoints written by the engine are atomic)") from err
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a training checkpoint written by bixt.engine")
@@ -204,7 +208,8 @@ def resolve_resume(resume: Any, run_dir: str | None) -> Path | None:
 
 def eval_weights_path(tcfg: Any) -> Path | None:
     """The checkpoint ``trainer.eval_only`` evaluates: the run named by ``trainer.resume`` (with
-    ``trainer.run_dir``), or ``trainer.checkpoint``; ``None`` = the model as built."""
+    ``trainer.run_dir``), or ``trainer.checkpoint``, or the ``last.pth`` of a run in ``trainer.run_dir``;
+    ``None`` = the model as built."""
     resume = resolve_resume(tcfg.resume, tcfg.run_dir)
     if resume is None and str(tcfg.resume).lower() == "auto":
         raise FileNotFoundError(f"trainer.eval_only with trainer.resume=auto: no checkpoint in trainer.run_dir="
@@ -214,32 +219,111 @@ def eval_weights_path(tcfg: Any) -> Path | None:
                          f"trainer.checkpoint={tcfg.checkpoint}; give one of them")
     if resume is not None:
         return resume
-    return Path(tcfg.checkpoint) if tcfg.checkpoint else None
+    if tcfg.checkpoint:
+        return Path(tcfg.checkpoint)
+    # a run directory that holds a run: its last.pth, rather than the model's random initial weights
+    return run_checkpoint_to_evaluate(Path(tcfg.run_dir)) if tcfg.run_dir else None
 
 
-def checkpoint_classes(path: str | os.PathLike) -> list[str] | None:
-    """The class names a checkpoint was trained with (``ckpt["classes"]``), ``None`` if it has none
-    (official weights, older checkpoints)."""
-    classes = read_checkpoint(path).get("classes")
-    return [str(c) for c in classes] if classes else None
+#: the kinds of start checkpoint: evaluated (eval_only), continued (resume), weights to start from
+EVAL, RESUME, WEIGHTS = "eval", "resume", "weights"
+
+
+def resolve_start(tcfg: TrainerConfig) -> tuple[Optional[Path], Optional[str]]:
+    """Which file a run starts from and how, without reading it: ``(path, kind)`` or ``(None, None)``.
+    ``eval_only``: :func:`eval_weights_path`; else ``trainer.resume``; else ``trainer.checkpoint``
+    (initial weights, e.g. a fine-tune's; ignored when resuming)."""
+    if tcfg.eval_only:
+        path = eval_weights_path(tcfg)
+        return (path, EVAL) if path is not None else (None, None)
+    resume = resolve_resume(tcfg.resume, tcfg.run_dir)
+    if resume is not None:
+        return resume, RESUME
+    return (Path(tcfg.checkpoint), WEIGHTS) if tcfg.checkpoint else (None, None)
+
+
+@dataclass
+class StartCheckpoint:
+    """The checkpoint a run starts from, resolved from ``cfg.trainer`` and read once: the task reads
+    its metadata (class names, vocabulary: what the adapter stored with ``checkpoint_extra``) and
+    hands it to :func:`bixt.engine.run` (``start=``), which loads the weights (and, for a resume,
+    the training state) from the same contents and then releases them.
+
+    ``kind``: ``"eval"`` (``trainer.eval_only``), ``"resume"`` (``trainer.resume``) or ``"weights"``
+    (``trainer.checkpoint`` without resume: initial weights, e.g. ``finetune_from``).
+    """
+
+    path: Path
+    kind: str
+    contents: Optional[Mapping[str, Any]] = field(repr=False)
+    #: everything stored next to the weights that is not the engine's or a wrapper's: ``classes``...
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: set once the weights were loaded (:meth:`load_into`)
+    report: Optional[LoadReport] = field(default=None, repr=False)
+
+    @property
+    def binds_labels(self) -> bool:
+        """True when the data must be labelled as this checkpoint was trained (evaluated or resumed);
+        a fine-tune's start weights may come from other classes."""
+        return self.kind in (EVAL, RESUME)
+
+    @property
+    def classes(self) -> Optional[list[str]]:
+        """The class names by label the checkpoint was trained with, ``None`` if it stores none."""
+        classes = self.metadata.get("classes")
+        return [str(c) for c in classes] if classes else None
+
+    def load_into(self, model: nn.Module, *, strict: bool = True, **options: Any) -> LoadReport:
+        """Load the weights into ``model`` through :func:`bixt.weights.load_weights` (``options``:
+        ``within``, ``drop``, ``use_ema``, ``filter_fn``...) and log the report. A task that needs
+        options (a fine-tune from a pre-training run drops its decoder) calls this before
+        :func:`bixt.engine.run`, which then loads nothing; otherwise the engine calls it plainly."""
+        if self.kind == RESUME:
+            raise ValueError(f"{self.path} is resumed: the engine restores its weights with the training state")
+        report = load_weights(model, self.take_contents(), strict=strict, name=str(self.path), **options)
+        report.log_to(log, "" if report.complete else "non-strict load: ")
+        self.report = report
+        return report
+
+    def take_contents(self) -> Mapping[str, Any]:
+        """The file's contents, handed over once (the engine takes them; the memory goes with it)."""
+        if self.contents is None:
+            raise RuntimeError(f"the contents of the start checkpoint {self.path} were already used by a run; "
+                               "call bixt.engine.start_checkpoint(cfg) again for another run")
+        contents, self.contents = self.contents, None
+        return contents
+
+
+def read_start(path: Path, kind: str) -> StartCheckpoint:
+    """Read the start checkpoint: a training checkpoint of bixt.engine to resume (validated as such),
+    any weight file of :func:`bixt.weights.read_checkpoint` to evaluate or start from."""
+    contents = load_training_checkpoint(path) if kind == RESUME else read_checkpoint(path)
+    skip = ENGINE_KEYS | set(WRAPPER_KEYS) | {"args", "version"}
+    metadata = {k: v for k, v in contents.items() if k not in skip and not _holds_tensors(v)}
+    return StartCheckpoint(Path(path), kind, contents, metadata)
+
+
+def _holds_tensors(value: Any) -> bool:
+    """A tensor or a state dict (a plain weights file's top level, a wrapper's weights): not metadata."""
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values()))
+
+
+def start_checkpoint(cfg: Union[DictConfig, TrainerConfig]) -> Optional[StartCheckpoint]:
+    """The checkpoint a run of ``cfg`` (the composed config, or its :class:`TrainerConfig`) starts
+    from, read once; ``None`` for a fresh run without ``trainer.checkpoint``. Pass it to
+    :func:`bixt.engine.run` as ``start=``, which then reads nothing again."""
+    tcfg = cfg if isinstance(cfg, TrainerConfig) else trainer_config(cfg)
+    path, kind = resolve_start(tcfg)
+    return read_start(path, kind) if path is not None else None
 
 
 def run_checkpoint_classes(tcfg: Any) -> tuple[Path | None, list[str] | None]:
     """The checkpoint a run evaluates (``eval_only``) or continues (``resume``), and the class names
     stored in it, so that a task labels its data the way the model was trained; ``(None, None)`` for
-    a fresh run, ``(path, None)`` for a checkpoint without a class list."""
-    path = eval_weights_path(tcfg) if tcfg.eval_only else resolve_resume(tcfg.resume, tcfg.run_dir)
-    if path is None:
+    a fresh run, ``(path, None)`` for a checkpoint without a class list. (Prefer
+    :func:`start_checkpoint`: its contents go on to :func:`bixt.engine.run` instead of being read again.)"""
+    path, kind = resolve_start(tcfg)
+    if path is None or kind == WEIGHTS:
         return None, None
-    return path, checkpoint_classes(path) if tcfg.eval_only else load_training_checkpoint(path).get("classes")
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
-    """Initial weights from an official or bixt checkpoint (zip, wrapped, ``module.``-prefixed...):
-    :func:`bixt.checkpoint.load_weights_into` is the one home for that logic. Reports how many of
-    the model's tensors it set (it refuses to set none)."""
-    report = load_weights_into(model, str(path), strict=strict)
-    if report.missing or report.unexpected:
-        log.warning("loaded %s (trainer.checkpoint_strict=false)", report)
-    else:
-        log.info("loaded %s", report)
+    return path, read_start(path, kind).classes

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bixt.data.errors import DataError
-from bixt.engine.checkpointing import BEST, LAST
 from bixt.engine.reporting import METRICS_JSONL
 
 try:
@@ -42,6 +41,8 @@ except ImportError:  # Windows: the lock file is written but does not exclude
 log = logging.getLogger("bixt.engine")
 
 LOCK = ".bixt.lock"
+#: the checkpoints a run directory holds
+LAST, BEST = "last.pth", "best.pth"
 #: the files whose presence means a directory holds a run
 RUN_FILES = ("config.yaml", METRICS_JSONL, LAST, BEST)
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

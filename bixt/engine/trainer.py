@@ -27,31 +27,43 @@ from bixt.engine.reporting import (LossMeter, MetricsWriter, checkpoint_position
 from bixt.engine.resume import Layout, effective_batch, load_optimizer_state, plan_resume
 from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, ShardedSampler, capture_rng_state,
                                          restore_rng_state, rng_guarded, seed_everything)
-from bixt.engine.run_dir import (RunDirError, RunDirLock, base_dir, claim_eval_dir, refuse_overwrite,
-                                 run_checkpoint_to_evaluate)
+from bixt.engine.run_dir import RunDirError, RunDirLock, base_dir, claim_eval_dir, refuse_overwrite
 from bixt.engine.task import TaskAdapter, check_adapter
 from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
 
-#: what the engine itself writes into a checkpoint (an adapter's checkpoint_extra may not reuse these)
-_CHECKPOINT_KEYS = {"state_dict", "state_dict_ema", "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch",
-                    "global_step", "epoch_sums", "best", "rng", "world_size", "config", "arch", "layout"}
-
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
 def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
-        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None) -> dict[str, float]:
+        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None, *,
+        start: Optional[ckpt_io.StartCheckpoint] = None) -> dict[str, float]:
     """Train ``model`` on ``train_set`` (or only evaluate it), evaluating on ``val_set`` and, at the
-    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict."""
+    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict.
+    ``start``: what :func:`~bixt.engine.checkpointing.start_checkpoint` read for this ``cfg`` (the
+    engine then reads no file twice); ``None``: the engine resolves and reads it itself."""
     tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
+    start = _checked_start(tcfg, start)
     env = init_distributed(tcfg.device)
     try:
         with process_settings_restored():
-            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
+            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn, start).fit(train_set, val_set,
+                                                                                        test_sets or {})
     finally:
         cleanup(env)
+
+
+def _checked_start(tcfg: TrainerConfig, start: Optional[ckpt_io.StartCheckpoint]) -> Optional[ckpt_io.StartCheckpoint]:
+    """The start checkpoint of this config: ``start`` when it is the one the config names, else read now."""
+    path, kind = ckpt_io.resolve_start(tcfg)
+    if start is None:
+        return ckpt_io.read_start(path, kind) if path is not None else None
+    if path is None or kind != start.kind or Path(start.path).resolve() != path.resolve():
+        named = f"{kind} {path}" if path is not None else "no start checkpoint"
+        raise ValueError(f"run(start=...) holds the {start.kind} checkpoint {start.path}, but cfg.trainer names "
+                         f"{named}: pass start=bixt.engine.start_checkpoint(cfg) of the config given to run")
+    return start
 
 
 @contextlib.contextmanager
@@ -94,14 +106,14 @@ class _Engine:
     :meth:`fit` claims the run directory, then evaluates or trains."""
 
     def __init__(self, cfg: DictConfig, tcfg: TrainerConfig, ocfg: OptimConfig, env: DistEnv,
-                 model: nn.Module, adapter: TaskAdapter, collate_fn):
+                 model: nn.Module, adapter: TaskAdapter, collate_fn, start: Optional[ckpt_io.StartCheckpoint]):
         self.cfg, self.tcfg, self.ocfg, self.env = cfg, tcfg, ocfg, env
         self.adapter, self.collate_fn = check_adapter(adapter), collate_fn
         self.device = env.device
         self._setup_process()
         self.amp_dtype, why = autocast_dtype(tcfg.amp, self.device)
         log.info("amp=%s (%s)", _DTYPE_NAMES[self.amp_dtype], why)
-        self._setup_sources()
+        self._setup_sources(start)
         self.config_dict = self._resolved_config()
         self.sample_name = self.adapter.sample_name
         self.show_bar = show_progress(tcfg.progress, env.is_main)
@@ -140,21 +152,19 @@ class _Engine:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-    def _setup_sources(self) -> None:
-        """What the run reads and where it goes. eval_only reads a checkpoint (trainer.resume names a
-        run's, else trainer.checkpoint, else the run in trainer.run_dir) and writes nothing into a
-        training run; training resumes trainer.resume or starts fresh, never over another run."""
+    def _setup_sources(self, start: Optional[ckpt_io.StartCheckpoint]) -> None:
+        """What the run reads and where it goes. ``start`` (resolved by
+        :func:`~bixt.engine.checkpointing.resolve_start` and read once) is what eval_only evaluates or
+        training resumes / starts from; eval_only writes nothing into a training run, and training
+        never writes over another run."""
         tcfg = self.tcfg
-        if tcfg.eval_only:
-            self.resume_path = None
-            self.eval_weights = ckpt_io.eval_weights_path(tcfg)
-            self.base_dir = base_dir(tcfg, None)
-            if self.eval_weights is None and tcfg.run_dir:
-                self.eval_weights = run_checkpoint_to_evaluate(self.base_dir)
-        else:
-            self.eval_weights = None
-            self.resume_path = ckpt_io.resolve_resume(tcfg.resume, tcfg.run_dir)
-            self.base_dir = base_dir(tcfg, self.resume_path)
+        self.start = start
+        self.eval_weights = start.path if tcfg.eval_only and start is not None else None
+        self.resume_path = start.path if start is not None and start.kind == ckpt_io.RESUME else None
+        # a resume's contents: restored in _start_position, then dropped (no second copy in memory)
+        self.resume_state = start.take_contents() if self.resume_path is not None else None
+        self.base_dir = base_dir(tcfg, self.resume_path if not tcfg.eval_only else None)
+        if not tcfg.eval_only:
             # resume=auto with nothing to resume starts fresh where it was pointed
             asked_to_resume = self.resume_path is not None or str(tcfg.resume).lower() == "auto"
             self._on_main(lambda: refuse_overwrite(self.base_dir, resuming=asked_to_resume))
@@ -163,9 +173,9 @@ class _Engine:
         """Initial weights, then the wrappers: SyncBatchNorm, EMA, DDP, torch.compile."""
         tcfg, env = self.tcfg, self.env
         self.raw_model = model.to(self.device)
-        initial = self.eval_weights if tcfg.eval_only else (tcfg.checkpoint if self.resume_path is None else None)
-        if initial:
-            ckpt_io.load_weights(self.raw_model, initial, strict=tcfg.checkpoint_strict)
+        start = self.start
+        if start is not None and start.kind != ckpt_io.RESUME and start.report is None:  # else the task loaded it
+            start.load_into(self.raw_model, strict=tcfg.checkpoint_strict)
         if tcfg.sync_bn and env.distributed:
             self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
         self.ema = ModelEmaV3(self.raw_model, decay=tcfg.ema_decay, use_warmup=tcfg.ema_warmup) if tcfg.ema else None
@@ -226,7 +236,7 @@ class _Engine:
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         extra = dict(self.adapter.checkpoint_extra or {})
-        clash = sorted(set(extra) & _CHECKPOINT_KEYS)
+        clash = sorted(set(extra) & ckpt_io.ENGINE_KEYS)
         if clash:
             raise ValueError(f"adapter.checkpoint_extra uses keys the engine writes itself: {clash}")
         return extra
@@ -431,7 +441,7 @@ class _Engine:
             if self.metrics.jsonl.is_file():  # resume=auto found no checkpoint: the old rows are not this run's
                 self.metrics.truncate_after(0)
             return 0, 0, None
-        ckpt = ckpt_io.load_training_checkpoint(self.resume_path)
+        ckpt, self.resume_state = self.resume_state, None
         plan = plan_resume(ckpt, self.resume_path, self.layout, self.ocfg, self.env.rank)
         self._restore(self.resume_path, ckpt, plan.changes)
         self.metrics.truncate_after(plan.epoch)

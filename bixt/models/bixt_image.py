@@ -22,11 +22,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from bixt.checkpoint import load_checkpoint
 from bixt.core.layers import LayerNorm
 from bixt.core.encoder import BiXTEncoder
 from bixt.heads.classification import classify_latents
 from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer, image_token_grid
+from bixt.weights import load_weights
 
 __all__ = ["BiXT", "checkpoint_filter_fn"]
 _logger = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ OFFICIAL_KWARGS = {
     "sa_num_heads": "num_heads",
     "ca_num_heads": "cross_heads",
 }
+# The Fourier features are a function of the token grid alone; we recompute rather than load them.
+_DERIVED = "fourier_pos_encode.pos"
 _IGNORED_OFFICIAL = ("latinit", "posenc_type_pat", "weight_init", "embed_layer", "pretrained_filter_fn", "pretrained_strict")
 
 
@@ -117,8 +119,11 @@ class BiXT(nn.Module):
         self._init_weights()
 
     def filter_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The official key layout mapped onto this model (see :func:`bixt.checkpoint.load_checkpoint`)."""
+        """The official key layout mapped onto this model (see :func:`bixt.weights.load_weights`)."""
         return checkpoint_filter_fn(state_dict, self)
+
+    #: official tensors this model computes instead of loading (load reports name them as dropped)
+    derived_checkpoint_keys = {_DERIVED: "Fourier positional features (recomputed for every token grid)"}
 
     def _init_weights(self) -> None:
         for m in self.patch_embed.modules():
@@ -156,8 +161,9 @@ class BiXT(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def load_pretrained(self, checkpoint_path: str) -> None:
-        """timm's ``custom_load`` hook: read any accepted checkpoint format (see bixt.checkpoint)."""
-        load_checkpoint(self, checkpoint_path, filter_fn=_pretrained_filter)
+        """timm's ``custom_load`` hook: read any accepted checkpoint format (see :mod:`bixt.weights`),
+        or the ``backbone.*`` of a whole-model checkpoint; a classifier of another size stays at its init."""
+        load_weights(self, checkpoint_path, within="backbone", drop=other_classifier).log_to(_logger, "pretrained: ")
 
     # --- forward --------------------------------------------------------------------------------
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,8 +270,29 @@ _RENAMES = [
     ]
 ]
 _RENAMES = [(re.compile(p), r) for p, r in _RENAMES]
-# The Fourier features are a function of the token grid alone; we recompute rather than load them.
-_DERIVED = "fourier_pos_encode.pos"
+# The official files hold the Fourier features of their 224 px training grid, so that grid also
+# tells their token stride.
+_OFFICIAL_SIZE = 224
+
+
+def check_derived_grid(value: torch.Tensor, model: BiXT) -> None:
+    """Refuse official Fourier features of another token grid (the one home of that rule): a fixed
+    grid must match; for a dynamic one, the file's 224 px grid must be this model's (same stride)."""
+    grid = tuple(value.shape[-2:])
+    if model.pos_embed.grid_size is not None:
+        if grid != model.pos_embed.grid_size:
+            raise RuntimeError(
+                f"checkpoint was made for a {grid} token grid but this model uses {model.pos_embed.grid_size}; "
+                "pick the variant with the matching stride/input size or use dynamic_img_size=True")
+        return
+    ours = model.patch_embed.grid(_OFFICIAL_SIZE, _OFFICIAL_SIZE)
+    if grid != ours:
+        stride = _OFFICIAL_SIZE // grid[0] if grid[0] else "?"
+        raise RuntimeError(
+            f"its Fourier positional features are the {grid} token grid of a {_OFFICIAL_SIZE} px image, i.e. token "
+            f"stride {stride}, but this model has token stride {model.patch_embed.stride} ({ours} at "
+            f"{_OFFICIAL_SIZE} px): pick the variant with stride {stride}, or delete {_DERIVED!r} from the file to "
+            "load its weights anyway")
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: BiXT) -> dict[str, torch.Tensor]:
@@ -275,12 +302,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: BiXT) -> di
         if key.startswith("module."):
             key = key[len("module."):]
         if key == _DERIVED:
-            grid = model.pos_embed.grid_size
-            if grid is not None and tuple(value.shape[-2:]) != grid:
-                raise RuntimeError(
-                    f"checkpoint was made for a {tuple(value.shape[-2:])} token grid but this model uses {grid}; "
-                    "pick the variant with the matching stride/input size or use dynamic_img_size=True"
-                )
+            check_derived_grid(value, model)
             continue
         for pattern, repl in _RENAMES:
             key, n = pattern.subn(repl, key)
@@ -290,12 +312,21 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: BiXT) -> di
     return out
 
 
+def other_classifier(state_dict: dict[str, torch.Tensor], model: BiXT) -> dict[str, list[str]]:
+    """Drop rule (:mod:`bixt.weights`): a classifier of another size than the model's (timm's
+    ``pretrained=True`` with another ``num_classes``) is discarded; the model's keeps its init."""
+    head = model.state_dict()
+    keys = [k for k in ("head.weight", "head.bias")
+            if k in state_dict and (k not in head or head[k].shape != state_dict[k].shape)]
+    return {f"classifier of another size (this model: {model.num_classes} classes)": keys} if keys else {}
+
+
 def _pretrained_filter(state_dict: dict[str, torch.Tensor], model: BiXT) -> dict[str, torch.Tensor]:
-    """Like :func:`checkpoint_filter_fn`, but a classifier of another size is left at its init."""
+    """timm's own loading path (no ``custom_load``): :func:`checkpoint_filter_fn` and :func:`other_classifier`."""
     state_dict = checkpoint_filter_fn(state_dict, model)
     head = model.state_dict()
-    for key in ("head.weight", "head.bias"):
-        if key in state_dict and (key not in head or head[key].shape != state_dict[key].shape):
+    for keys in other_classifier(state_dict, model).values():
+        for key in keys:
             _logger.info("pretrained classifier %s %s dropped for num_classes=%d", key,
                          tuple(state_dict[key].shape), model.num_classes)
             state_dict.pop(key)

@@ -14,8 +14,6 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import timm
@@ -25,10 +23,10 @@ from timm.layers import register_notrace_function
 from torch import nn
 
 import bixt.models.bixt_image  # noqa: F401  (registers the BiXT names with timm)
-from bixt.checkpoint import LoadReport, read_checkpoint, unwrap_state_dict
 from bixt.heads.dense import LinearSegHead, SemanticFPNHead
+from bixt.weights import LoadReport, load_weights
 
-__all__ = ["BiXTSegmenter", "BackboneLoadReport", "load_pretrained_backbone", "segment", "default_feature_layers",
+__all__ = ["BiXTSegmenter", "dense_backbone_drop", "load_pretrained_backbone", "segment", "default_feature_layers",
            "nearest_multiples", "HEADS"]
 _logger = logging.getLogger(__name__)
 
@@ -200,133 +198,55 @@ class BiXTSegmenter(nn.Module):
 
 
 # --- pretrained backbones ---------------------------------------------------------------------------
-@dataclass
-class BackboneLoadReport(LoadReport):
-    """:class:`LoadReport` of a backbone load, plus the checkpoint groups left out and why."""
-
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-    head: str = "decode head"
-
-    def __str__(self) -> str:
-        text = f"loaded {self.loaded} of {self.total} backbone tensors from {self.source}"
-        if self.dropped:
-            groups = "; ".join(f"{reason}: {len(keys)} tensor{'s' if len(keys) != 1 else ''}"
-                               for reason, keys in self.dropped.items())
-            text += f"; dropped from the checkpoint: {groups}"
-        if self.missing:
-            text += (f"; {len(self.missing)} backbone tensors not in the checkpoint keep their init "
-                     f"({', '.join(self.missing[:5])})")
-        return text + f"; the {self.head} starts from random init"
-
-
 _BLOCK = re.compile(r"^encoder\.blocks\.(\d+)\.")
 _CLASSIFIER = ("head.", "fc_norm.")
-_DERIVED_POS = "fourier_pos_encode.pos"  # official: the Fourier features of a 224 grid, recomputed here
 
 
-def _describe_file(raw: Mapping, state: Mapping[str, torch.Tensor]) -> str:
-    """What architecture a checkpoint seems to be for (from its args and tensor shapes)."""
-    parts = []
-    args = raw.get("args") if isinstance(raw, Mapping) else None
-    name = getattr(args, "model", None) or (args.get("model") if isinstance(args, Mapping) else None)
-    if name:
-        parts.append(f"model {name!r} (its training args)")
-    latents = state.get("encoder.latents", state.get("latents"))
-    if latents is not None and latents.dim() == 3:
-        parts.append(f"embed dim {latents.shape[-1]}, {latents.shape[1]} latents")
-    blocks = {int(m.group(1)) for k in state for m in [_BLOCK.match(k) or re.match(r"^blocks\.(\d+)\.", k)] if m}
-    if blocks:
-        last = max(blocks)
-        one_sided = any(re.match(rf"^(encoder\.)?blocks\.{last}\..*attn\.r_latents\.", k) for k in state)
-        parts.append(f"{last + 1} layers" + (" (last one-sided)" if one_sided else ""))
-    patch = state.get("patch_embed.proj.weight")
-    if patch is not None and patch.dim() == 4:
-        parts.append(f"{patch.shape[-2]}x{patch.shape[-1]} patch conv to {patch.shape[0]} channels")
-    head = state.get("head.weight")
-    if head is not None and head.dim() == 2:
-        parts.append(f"{head.shape[0]} classes")
-    return ", ".join(parts) if parts else f"keys like {list(state)[:3]}"
+def dense_backbone_drop(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> dict[str, list[str]]:
+    """The segmenter's drop rule (:mod:`bixt.weights`): a classifier's or a whole model's tensors
+    that a dense backbone has no use for, by reason: the classifier, the layers after the last token
+    map (for d13 files: the one-sided layer 12), the latent update of the last layer kept (the head
+    reads only its tokens), anything else the backbone lacks."""
+    expected, depth = backbone.state_dict(), len(backbone.encoder.blocks)
+    dropped: dict[str, list[str]] = {}
+    for key in state:
+        block = _BLOCK.match(key)
+        index = int(block.group(1)) if block else None
+        if key.startswith(_CLASSIFIER):
+            why = "classifier"
+        elif index is not None and index >= depth:
+            one_sided = any(k.startswith(f"encoder.blocks.{index}.cross.attn.r_latents.") for k in state)
+            why = (f"layer {index} (one-sided, not used for dense prediction)" if one_sided
+                   else f"layer {index} (after the last token map the head reads)")
+        elif key in expected:
+            continue
+        elif index == depth - 1:
+            why = f"layer {depth - 1}'s latent update (the last layer kept: the head reads only its tokens)"
+        else:
+            why = "not in this backbone"
+        dropped.setdefault(why, []).append(key)
+    return dropped
 
 
 def load_pretrained_backbone(model: BiXTSegmenter, path: Union[str, os.PathLike], *,
-                             allow_missing: bool = False, use_ema: bool = False) -> BackboneLoadReport:
+                             allow_missing: bool = False, use_ema: bool = False) -> LoadReport:
     """Load a BiXT weight file into ``model.backbone`` and log what was used.
 
-    Accepts what :func:`bixt.checkpoint.read_checkpoint` reads (the published ``.zip``, ``.pth`` /
-    ``.pth.tar`` training checkpoints, ``state_dict`` / ``state_dict_ema`` / ``model`` wrappers,
-    ``module.`` prefixes, safetensors) holding an official or our own BiXT image model, or an
-    engine checkpoint of a whole :class:`BiXTSegmenter` (its ``backbone.*`` tensors). Official keys
-    go through the backbone's ``filter_checkpoint``. The classifier and layers past the pruned
-    depth are dropped; the decode head keeps its random init. ``use_ema``: take the file's EMA weights.
+    Accepts what :func:`bixt.weights.read_checkpoint` reads holding an official or our own BiXT
+    image model, or an engine checkpoint of a whole :class:`BiXTSegmenter` (its ``backbone.*``
+    tensors), through :func:`bixt.weights.load_weights` with :func:`dense_backbone_drop`; the
+    decode head keeps its random init. ``use_ema``: take the file's EMA weights.
 
     Raises ``FileNotFoundError`` for a missing file, ``RuntimeError`` naming the file when a shape
     differs, nothing matches, or (unless ``allow_missing``) backbone tensors are not in the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained backbone weights not found: {path}")
-    raw = read_checkpoint(path)
-    state = unwrap_state_dict(raw, use_ema=use_ema, source=str(path))
-    dropped: dict[str, list[str]] = {}
-    if any(k.startswith("backbone.") for k in state):  # an engine checkpoint of a whole segmenter
-        others = [k for k in state if not k.startswith("backbone.")]
-        if others:
-            dropped["not the backbone (a segmenter checkpoint's decode head)"] = others
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    if _DERIVED_POS in state:
-        dropped["Fourier positional features (recomputed for every token grid)"] = [_DERIVED_POS]
-    backbone = model.backbone
-    mapped = backbone.filter_checkpoint(state) if hasattr(backbone, "filter_checkpoint") else dict(state)
-    mapped.pop(_DERIVED_POS, None)
-    expected = backbone.state_dict()
-    description = _describe_file(raw, mapped)
-
-    depth = len(backbone.encoder.blocks) if hasattr(backbone, "encoder") else None
-    usable: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for key, value in mapped.items():
-        block = _BLOCK.match(key)
-        if key.startswith(_CLASSIFIER):
-            dropped.setdefault("classifier", []).append(key)
-        elif block and depth is not None and int(block.group(1)) >= depth:
-            index = int(block.group(1))
-            one_sided = any(k.startswith(f"encoder.blocks.{index}.cross.attn.r_latents.") for k in mapped)
-            why = "one-sided, not used for dense prediction" if one_sided else "after the last token map the head reads"
-            dropped.setdefault(f"layer {index} ({why})", []).append(key)
-        elif key in expected:
-            usable[key] = value
-        elif block and depth is not None and int(block.group(1)) == depth - 1:
-            why = f"layer {depth - 1}'s latent update (the last layer kept: the head reads only its tokens)"
-            dropped.setdefault(why, []).append(key)
-        else:
-            unknown.append(key)
-
-    shapes = [f"{k}: file {tuple(v.shape)} vs backbone {tuple(expected[k].shape)}"
-              for k, v in usable.items() if v.shape != expected[k].shape]
-    if shapes:
-        raise RuntimeError(
-            f"{path} does not fit the backbone {model.backbone_name!r} ({len(shapes)} shape mismatches: "
-            f"{'; '.join(shapes[:4])}{', ...' if len(shapes) > 4 else ''}). The file seems to be for: {description}. "
-            "Pick the backbone variant the weights were trained as (embed dim, latents, patch size)")
-    if not usable:
-        raise RuntimeError(
-            f"{path}: none of its {len(mapped)} tensors matches a tensor of the backbone {model.backbone_name!r} "
-            f"(file keys like {list(mapped)[:3]}, backbone keys like {list(expected)[:3]}). The file seems to be "
-            f"for: {description}. Is it a BiXT image model or a BiXTSegmenter checkpoint?")
-    missing = [k for k in expected if k not in usable]
-    if missing and not allow_missing:
-        raise RuntimeError(
-            f"{path} lacks {len(missing)} of the {len(expected)} tensors of the backbone {model.backbone_name!r} "
-            f"(e.g. {', '.join(missing[:4])}); the file seems to be for: {description}. Use the backbone variant it "
-            "was trained as (a d12 classifier's last layer is one-sided: pick the d12 name, or d13 weights), or "
-            "pass allow_missing=True to keep those tensors at their init")
-    if unknown:
-        dropped["not in this backbone"] = unknown
-    backbone.load_state_dict(usable, strict=False)
-    report = BackboneLoadReport(str(path), loaded=len(usable), total=len(expected), missing=missing,
-                                unexpected=[k for keys in dropped.values() for k in keys], dropped=dropped,
-                                head=f"{model.head_name} decode head")
-    _logger.info("pretrained backbone: %s", report)
+    report = load_weights(
+        model.backbone, path, strict=not allow_missing, use_ema=use_ema, within="backbone", drop=dense_backbone_drop,
+        what="backbone", hint="Pick the backbone variant the weights were trained as (embed dim, latents, patch size, "
+        "stride; a d12 classifier's last layer is one-sided: pick the d12 name, or d13 weights), or pass "
+        "allow_missing=True to keep the missing tensors at their init")
+    report.note = f"the {model.head_name} decode head starts from random init"
+    report.log_to(_logger, "pretrained backbone: ")
     return report
 
 
