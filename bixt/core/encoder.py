@@ -80,10 +80,11 @@ class BiXTEncoder(nn.Module):
             similarity in training while it is small, SDPA otherwise; see BiCrossAttention).
 
     ``forward(tokens, token_mask=None, return_attention=False)`` takes tokens (B, N, token_dim) and an
-    optional bool ``token_mask`` (B, N), True for real tokens. Padded tokens are invisible to the
-    latents. Returns ``(latents, tokens)`` of shapes (B, L, dim) / (B, N, token_dim), padded token
+    optional bool ``token_mask`` (B, N), True for real tokens. Padded tokens are zeroed where they enter
+    (whatever they hold, NaN or inf included) and are invisible to the latents. Returns ``(latents, tokens)`` of shapes (B, L, dim) / (B, N, token_dim), padded token
     positions zeroed; with ``return_attention`` a third item lists per layer the cross-attention maps
-    ``(latents->tokens (B, H, L, N), tokens->latents (B, H, L, N) or None)``.
+    ``(latents->tokens (B, H, L, N), tokens->latents (B, H, L, N) or None)`` (None where a layer
+    leaves the tokens alone: a one-sided last layer, every iterative layer).
     """
 
     def __init__(
