@@ -8,7 +8,8 @@ from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bixt.core.blocks import BiXTLayer
+from bixt.core.attention import UPDATES
+from bixt.core.blocks import BiXTLayer, check_cross_attention
 
 
 def init_weights_jax(module: nn.Module) -> None:
@@ -36,9 +37,8 @@ def check_token_mask(token_mask: torch.Tensor, batch: int, length: int) -> torch
         )
     if token_mask.dtype != torch.bool:
         raise TypeError(f"token_mask must be a bool tensor (True = real token), got dtype {token_mask.dtype}")
-    if torch.compiler.is_compiling():
-        return token_mask
-    if token_mask.device.type != "cpu":  # checked on the device: no host sync per step
+    if torch.compiler.is_compiling() or token_mask.device.type != "cpu":
+        # checked where the data is, inside a compiled graph too: no host sync, no graph break
         torch._assert_async(token_mask.any(dim=1).all(), "token_mask marks every token of a sample as padding")
         return token_mask
     if not bool(token_mask.any(dim=1).all()):
@@ -51,7 +51,9 @@ def check_token_mask(token_mask: torch.Tensor, batch: int, length: int) -> torch
 
 
 class BiXTEncoder(nn.Module):
-    """Latents and tokens refine each other through ``depth`` bi-directional cross-attention layers.
+    """Latents and tokens refine each other through ``depth`` cross-attention layers.
+
+    ``dim``, ``depth`` and ``num_latents`` may be given by position, the rest by keyword only.
 
     Args:
         dim: latent width.
@@ -66,17 +68,23 @@ class BiXTEncoder(nn.Module):
         drop_path_rate / token_drop_path_rate: stochastic depth, linearly increasing over layers,
             for the latent and token side (token side defaults to the latent rate).
         init_values: layer-scale initial value (None: no layer scale).
-        update_tokens_last: False makes the last layer one-sided (latents read, tokens untouched),
-            as in the classification models; dense tasks need True.
+        cross_attention: "bidirectional" (BiXT, the default), "sequential" (latents read the tokens,
+            then the tokens read the updated latents) or "iterative" (Perceiver: latents read the
+            tokens, which pass through unchanged); see :mod:`bixt.core.blocks`.
+        last_layer: what the last layer updates: "both" (the default), "latents" (one-sided, as
+            in the classification models: only the latents are read) or "tokens" (a dense model
+            whose last latents nothing reads). Ignored by "iterative" but for "tokens" (refused).
+        update_tokens_last: the older spelling of ``last_layer``: False = "latents", True = "both".
         grad_checkpointing: recompute each layer in backward to save activation memory.
         attn_impl: "auto" | "math" | "sdpa" for the cross-attention kernels (auto: the shared
             similarity in training while it is small, SDPA otherwise; see BiCrossAttention).
 
     ``forward(tokens, token_mask=None, return_attention=False)`` takes tokens (B, N, token_dim) and an
-    optional bool ``token_mask`` (B, N), True for real tokens. Padded tokens are invisible to the
-    latents. Returns ``(latents, tokens)`` of shapes (B, L, dim) / (B, N, token_dim), padded token
+    optional bool ``token_mask`` (B, N), True for real tokens. Padded tokens are zeroed where they enter
+    (whatever they hold, NaN or inf included) and are invisible to the latents. Returns ``(latents, tokens)`` of shapes (B, L, dim) / (B, N, token_dim), padded token
     positions zeroed; with ``return_attention`` a third item lists per layer the cross-attention maps
-    ``(latents->tokens (B, H, L, N), tokens->latents (B, H, L, N) or None)``.
+    ``(latents->tokens (B, H, L, N), tokens->latents (B, H, L, N) or None)`` (None where a layer
+    leaves the tokens alone: a one-sided last layer, every iterative layer).
     """
 
     def __init__(
@@ -84,6 +92,7 @@ class BiXTEncoder(nn.Module):
         dim: int = 192,
         depth: int = 12,
         num_latents: int = 64,
+        *,
         token_dim: Optional[int] = None,
         attn_dim: Optional[int] = None,
         num_heads: int = 6,
@@ -95,7 +104,9 @@ class BiXTEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         token_drop_path_rate: Optional[float] = None,
         init_values: Optional[float] = None,
-        update_tokens_last: bool = True,
+        cross_attention: str = "bidirectional",
+        last_layer: Optional[str] = None,
+        update_tokens_last: Optional[bool] = None,
         grad_checkpointing: bool = False,
         attn_impl: str = "auto",
     ) -> None:
@@ -110,7 +121,8 @@ class BiXTEncoder(nn.Module):
         self.token_dim = token_dim or dim
         self.attn_dim = attn_dim or dim
         self.num_latents = num_latents
-        self.update_tokens_last = update_tokens_last
+        self.cross_attention = cross_attention
+        kinds = layer_kinds(depth, cross_attention, last_layer, update_tokens_last)
         self.grad_checkpointing = grad_checkpointing
         token_drop_path_rate = drop_path_rate if token_drop_path_rate is None else token_drop_path_rate
         # stochastic depth grows linearly over layers (plain floats: works under torch.device("meta"))
@@ -118,16 +130,15 @@ class BiXTEncoder(nn.Module):
         token_rates = [token_drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 
         self.latents = nn.Parameter(torch.zeros(1, num_latents, dim))
-        self.blocks = nn.ModuleList(
-            BiXTLayer(
-                latent_dim=dim, token_dim=self.token_dim, attn_dim=self.attn_dim, num_heads=num_heads,
-                cross_heads=cross_heads or num_heads, mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio,
-                qkv_bias=qkv_bias, rv_bias=rv_bias,
-                drop_path=rates[i], token_drop_path=token_rates[i], init_values=init_values,
-                one_sided=(i == depth - 1 and not update_tokens_last), attn_impl=attn_impl,
-            )
+        # each layer's constructor arguments but its kind: rebuild_last_layer builds another kind from them
+        self._layer_kwargs = [
+            dict(latent_dim=dim, token_dim=self.token_dim, attn_dim=self.attn_dim, num_heads=num_heads,
+                 cross_heads=cross_heads or num_heads, mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio,
+                 qkv_bias=qkv_bias, rv_bias=rv_bias, drop_path=rates[i], token_drop_path=token_rates[i],
+                 init_values=init_values, cross_attention=cross_attention, attn_impl=attn_impl)
             for i in range(depth)
-        )
+        ]
+        self.blocks = nn.ModuleList(BiXTLayer(**kwargs, updates=kind) for kwargs, kind in zip(self._layer_kwargs, kinds))
         init_weights_jax(self)
         trunc_normal_(self.latents, std=0.02)
 
@@ -138,8 +149,39 @@ class BiXTEncoder(nn.Module):
 
     @property
     def token_layers(self) -> list[int]:
-        """Indices of the layers that refine the tokens (all but a one-sided last layer)."""
-        return [i for i, block in enumerate(self.blocks) if not block.cross.one_sided]
+        """Indices of the layers that refine the tokens (all but a one-sided last layer; none if iterative)."""
+        return [i for i, block in enumerate(self.blocks) if block.updates != "latents"]
+
+    @property
+    def update_tokens_last(self) -> bool:
+        """Whether the last layer refines the tokens."""
+        return self.blocks[-1].updates != "latents"
+
+    def require_refined_tokens(self, consumer: str, *, in_last_layer: bool = True) -> None:
+        """Raise a clear error unless the last layer (``in_last_layer=False``: any layer) refines the
+        tokens, for a consumer that reads them (a dense head, token maps)."""
+        if self.cross_attention == "iterative":
+            raise ValueError(f"{consumer} reads refined tokens, but cross_attention='iterative' (Perceiver) never "
+                             "updates the tokens: use cross_attention='bidirectional' or 'sequential'")
+        if in_last_layer and not self.update_tokens_last:
+            raise ValueError(f"{consumer} reads refined tokens, but the encoder's last layer updates the latents only "
+                             "(one-sided); build it with last_layer='both' (update_tokens_last=True) for dense prediction")
+
+    def rebuild_last_layer(self, updates: str) -> None:
+        """Rebuild the last layer as one of kind ``updates`` ("both" | "latents" | "tokens"), keeping
+        the weights both kinds have: e.g. "tokens" for a dense model whose last latents nothing reads,
+        once the layers after its last token map are pruned. Draws no random numbers."""
+        index = len(self.blocks) - 1
+        old = self.blocks[index]
+        with torch.random.fork_rng(devices=[]):
+            new = BiXTLayer(**self._layer_kwargs[index], updates=updates)
+        weights = old.state_dict()
+        lacking = [k for k in new.state_dict() if k not in weights]
+        if lacking:
+            raise ValueError(f"layer {index} of kind {old.updates!r} has no weights for a {updates!r} layer's {lacking}")
+        new.load_state_dict({k: weights[k] for k in new.state_dict()})
+        reference = next(old.parameters())
+        self.blocks[index] = new.to(device=reference.device, dtype=reference.dtype).train(old.training)
 
     def forward(self, tokens: torch.Tensor, token_mask: Optional[torch.Tensor] = None, return_attention: bool = False):
         latents, tokens, maps, _ = self._run(tokens, token_mask, return_attention=return_attention)
@@ -152,6 +194,8 @@ class BiXTEncoder(nn.Module):
         """``(latents, tokens, intermediates)``: as :meth:`forward`, plus the tokens after each layer
         in ``indices`` (absolute layer indices), padded positions zeroed. ``stop_early`` runs no layer
         past the last index asked for (the returned latents and tokens are then that layer's)."""
+        if self.cross_attention == "iterative":
+            self.require_refined_tokens("forward_intermediates")
         take = sorted(set(indices))
         if not take or take[0] < 0 or take[-1] >= len(self.blocks):
             raise ValueError(f"layer indices must lie in 0..{len(self.blocks) - 1}, got {list(indices)}")
@@ -164,6 +208,7 @@ class BiXTEncoder(nn.Module):
         check_tokens(tokens, self.token_dim)
         if token_mask is not None:
             check_token_mask(token_mask, tokens.shape[0], tokens.shape[1])
+            tokens = mask_padding(tokens, token_mask)  # whatever padding holds (NaN, inf) must reach nothing
         latents = self.latents.expand(tokens.shape[0], -1, -1)
         maps, intermediates = [], []
         blocks = self.blocks if last is None else self.blocks[: last + 1]
@@ -180,4 +225,23 @@ class BiXTEncoder(nn.Module):
 
 
 def mask_padding(tokens: torch.Tensor, token_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    return tokens if token_mask is None else tokens * token_mask.unsqueeze(-1).to(tokens.dtype)
+    """Padded positions set to zero (selected, not multiplied: 0 * NaN would stay NaN)."""
+    return tokens if token_mask is None else tokens.masked_fill(~token_mask.unsqueeze(-1), 0.0)
+
+
+def layer_kinds(depth: int, cross_attention: str, last_layer: Optional[str],
+                update_tokens_last: Optional[bool]) -> list[str]:
+    """What each layer updates ("both" | "latents" | "tokens"), from the encoder's arguments."""
+    check_cross_attention(cross_attention)
+    if last_layer is not None and update_tokens_last is not None:
+        raise ValueError(f"give last_layer ({last_layer!r}) or update_tokens_last ({update_tokens_last!r}), not both")
+    if last_layer is None:
+        last_layer = "latents" if update_tokens_last is False else "both"
+    if last_layer not in UPDATES:
+        raise ValueError(f"last_layer must be one of {UPDATES}, got {last_layer!r}")
+    if cross_attention == "iterative":
+        if last_layer == "tokens":
+            raise ValueError("last_layer='tokens' needs a layer that refines the tokens, but cross_attention="
+                             "'iterative' (Perceiver) never does: use 'bidirectional' or 'sequential'")
+        return ["latents"] * depth
+    return ["both"] * (depth - 1) + [last_layer]

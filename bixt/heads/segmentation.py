@@ -145,11 +145,7 @@ class PointSegmenter(nn.Module):
 
     def __init__(self, tokenizer: nn.Module, encoder: nn.Module, head: PartSegmentationHead) -> None:
         super().__init__()
-        if not encoder.update_tokens_last:
-            raise ValueError(
-                "the encoder's last layer does not refine the tokens (one-sided); build it with "
-                "update_tokens_last=True for dense prediction"
-            )
+        encoder.require_refined_tokens("PointSegmenter")
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.head = head

@@ -72,6 +72,7 @@ class BiXT(nn.Module):
         tokenizer: str = "patch",
         dynamic_img_size: bool = False,
         attn_impl: str = "auto",
+        cross_attention: str = "bidirectional",
         **official_kwargs,
     ) -> None:
         super().__init__()
@@ -107,7 +108,7 @@ class BiXT(nn.Module):
             embed_dim, depth, num_latents, token_dim=token_dim, attn_dim=attn_dim, num_heads=num_heads,
             cross_heads=cross_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, rv_bias=rv_bias,
             drop_path_rate=drop_path_rate, token_drop_path_rate=token_drop_path_rate,
-            init_values=init_values, update_tokens_last=False, attn_impl=attn_impl,
+            init_values=init_values, last_layer="latents", attn_impl=attn_impl, cross_attention=cross_attention,
         )
         self.fc_norm = LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
@@ -192,6 +193,8 @@ class BiXT(nn.Module):
                      f"{depth - 2} left them)" if count < depth else "")
         what = f"this model has token maps after layers 0..{count - 1}{one_sided}"
         if count == 0:
+            self.encoder.require_refined_tokens("timm's feature API (forward_intermediates, features_only)",
+                                               in_last_layer=False)
             raise ValueError(f"this model has no layer that refines the tokens (depth {depth}, one-sided last layer)")
         if indices is None:
             indices = count

@@ -132,6 +132,7 @@ class BiXTSegmenter(nn.Module):
             if not hasattr(self.backbone, attr):
                 raise ValueError(f"backbone {backbone!r} has no {attr}: BiXTSegmenter needs a BiXT image model "
                                  "(timm's feature API)")
+        self.backbone.encoder.require_refined_tokens("BiXTSegmenter", in_last_layer=False)
         info = self.backbone.feature_info
         num_maps = len(info)
         self.stride = int(info[-1]["reduction"])
@@ -152,7 +153,7 @@ class BiXTSegmenter(nn.Module):
         # and the last layer updates its tokens only: nothing reads its latents (no work, and no
         # parameter without a gradient, which DDP would refuse).
         self.backbone.prune_intermediate_layers(self._take, prune_head=True)
-        self.backbone.encoder.blocks[-1].drop_latent_update()
+        self.backbone.encoder.rebuild_last_layer("tokens")
 
         dims = [int(info[i]["num_chs"]) for i in self.feature_layers]
         if head == "linear":
@@ -287,7 +288,7 @@ def segment(
     """
     if images.dim() != 4:
         raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(images.shape)}")
-    stride = int(getattr(model, "stride", 1))
+    stride = int(model.stride)
     height, width = images.shape[-2:]
     if mode == "whole":
         padded = _pad_to(images, -(-height // stride) * stride, -(-width // stride) * stride)

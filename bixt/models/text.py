@@ -55,6 +55,7 @@ class BiXTSequenceEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         update_tokens_last: bool = False,
         grad_checkpointing: bool = False,
+        cross_attention: str = "bidirectional",
         pool_norm: bool = False,
         vocab_size: Optional[int] = None,
     ) -> None:
@@ -67,6 +68,7 @@ class BiXTSequenceEncoder(nn.Module):
             mlp_ratio=mlp_ratio,
             token_mlp_ratio=token_mlp_ratio, drop_path_rate=drop_path_rate,
             update_tokens_last=update_tokens_last, grad_checkpointing=grad_checkpointing,
+            cross_attention=cross_attention,
         )
         self.norm = LayerNorm(dim) if pool_norm else nn.Identity()
 
