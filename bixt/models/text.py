@@ -2,7 +2,7 @@
 
 - :class:`BiXTSequenceEncoder`: ids (B, N) + padding mask -> pooled vector (B, dim): embed
   (bytes or a small token vocabulary), :class:`~bixt.core.BiXTEncoder`, mean over the latents.
-  The retrieval task's document encoder (``bixt.heads.retrieval.BiXTDocumentEncoder`` is this class).
+  The retrieval task's document encoder (:class:`bixt.models.retrieval.DualEncoderRetriever`).
 - :class:`SequenceClassifier`: any such encoder (this one, or the full-attention baseline
   :class:`bixt.baselines.transformer.TransformerDocumentEncoder`) + the shared
   :class:`~bixt.heads.classification.ClassificationHead` (LayerNorm -> Linear on the pooled vector).
