@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
+from bixt.data.task_data import TaskData
 from bixt.engine import TrainerConfig, optim_config, run, seed_everything, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_training_checkpoint, resolve_resume
 from bixt.metrics.classification import TopKEvaluator
@@ -203,7 +204,7 @@ def test_resolve_resume(tmp_path):
 
 # ----------------------------------------------------------------------------- the loop
 def test_run_trains_and_writes_the_run_directory(tmp_path):
-    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     assert metrics["epoch"] == 5 and metrics["step"] == 5 * 12
     assert metrics["val/top1"] > 80 and "val_ema/top1" in metrics and "best/top1" in metrics
     names = {p.name for p in tmp_path.iterdir()}
@@ -221,15 +222,15 @@ def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
     """Stop dead mid-epoch (as if killed), resume from the last periodic checkpoint: same result."""
     train, val = NoisyBlobs(100), NoisyBlobs(32, seed=1)
     common = dict(epochs=3, accumulate=accumulate, ckpt_every_steps=2, ema=True)
-    run(make_cfg(tmp_path / "straight", **common), tiny_model(), adapter(), train, val)
+    run(make_cfg(tmp_path / "straight", **common), tiny_model(), adapter(), TaskData(train, val))
 
     interrupted = tmp_path / "interrupted"
     # 12 batches of 8 per epoch; die at update 9 (epoch 2 when accumulating), after the checkpoint at 8
     with pytest.raises(Killed):
-        run(make_cfg(interrupted, **common), tiny_model(), DiesAfter(9, accumulate), train, val)
+        run(make_cfg(interrupted, **common), tiny_model(), DiesAfter(9, accumulate), TaskData(train, val))
     ckpt = state(interrupted / "last.pth")
     assert ckpt["global_step"] == 8 and ckpt["step_in_epoch"] > 0  # a mid-epoch checkpoint
-    run(make_cfg(interrupted, resume=True, **common), tiny_model(), adapter(), train, val)
+    run(make_cfg(interrupted, resume=True, **common), tiny_model(), adapter(), TaskData(train, val))
 
     a, b = state(tmp_path / "straight" / "last.pth"), state(interrupted / "last.pth")
     for key in ("state_dict", "state_dict_ema"):
@@ -244,8 +245,7 @@ def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
 def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path):
     """Per-sample seeding + shielding the training RNG from main-process loading (train and eval)."""
     for workers in (0, 2):
-        run(make_cfg(tmp_path / f"w{workers}", epochs=2, num_workers=workers), tiny_model(), adapter(),
-            NoisyBlobs(), NoisyBlobs(32, seed=1))
+        run(make_cfg(tmp_path / f"w{workers}", epochs=2, num_workers=workers), tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     a, b = state(tmp_path / "w0" / "last.pth"), state(tmp_path / "w2" / "last.pth")
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
@@ -260,8 +260,8 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
         c.optim = sgd
         return c
 
-    run(cfg(tmp_path / "big", batch_size=16), tiny_model(0.0), adapter(), train, val)
-    run(cfg(tmp_path / "acc", batch_size=8, accumulate=2), tiny_model(0.0), adapter(), train, val)
+    run(cfg(tmp_path / "big", batch_size=16), tiny_model(0.0), adapter(), TaskData(train, val))
+    run(cfg(tmp_path / "acc", batch_size=8, accumulate=2), tiny_model(0.0), adapter(), TaskData(train, val))
     a, b = state(tmp_path / "big" / "last.pth"), state(tmp_path / "acc" / "last.pth")
     assert a["global_step"] == b["global_step"] == 2
     for name, tensor in a["state_dict"].items():
@@ -269,10 +269,10 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
 
 
 def test_eval_only_loads_the_checkpoint_and_reports(tmp_path):
-    run(make_cfg(tmp_path / "train"), tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+    run(make_cfg(tmp_path / "train"), tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     trained = json.loads((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()[-1])
     cfg = make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "train" / "last.pth"))
-    metrics = run(cfg, tiny_model(), adapter(), None, NoisyBlobs(32, seed=1))
+    metrics = run(cfg, tiny_model(), adapter(), TaskData(None, NoisyBlobs(32, seed=1)))
     assert metrics["val/top1"] == trained["val/top1"]
     assert not (tmp_path / "eval" / "last.pth").exists()
 
@@ -282,11 +282,11 @@ def test_non_finite_loss_stops_with_advice(tmp_path):
     with torch.no_grad():
         model[0].weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="clip_grad"):
-        run(make_cfg(tmp_path), model, adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+        run(make_cfg(tmp_path), model, adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
 
 
 def test_a_training_set_smaller_than_a_batch_still_trains(tmp_path):
-    metrics = run(make_cfg(tmp_path, batch_size=64), tiny_model(), adapter(), NoisyBlobs(10), NoisyBlobs(8))
+    metrics = run(make_cfg(tmp_path, batch_size=64), tiny_model(), adapter(), TaskData(NoisyBlobs(10), NoisyBlobs(8)))
     assert metrics["step"] == 2  # one batch of 10 per epoch
 
 
@@ -295,7 +295,7 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     cfg.optim = {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "sched": "none",
                  "kwargs": {"nesterov": False}}
     before = [p.detach().clone() for p in tiny_model().parameters()]
-    run(cfg, tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(8))
+    run(cfg, tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(8)))
     after = state(tmp_path / "last.pth")["state_dict"].values()
     step = torch.cat([(a - b).flatten() for a, b in zip(after, before)])
     assert 0 < step.norm() <= 0.5 * 1e-3 * (1 + 1e-4)
@@ -384,8 +384,7 @@ def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
               torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    run(make_cfg(tmp_path, epochs=1, deterministic=True, threads=1), tiny_model(), adapter(),
-        NoisyBlobs(16), NoisyBlobs(8, seed=1))
+    run(make_cfg(tmp_path, epochs=1, deterministic=True, threads=1), tiny_model(), adapter(), TaskData(NoisyBlobs(16), NoisyBlobs(8, seed=1)))
     after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
@@ -412,7 +411,7 @@ class DuckTypedAdapter:
 def test_duck_typed_adapter_without_the_base_still_trains(tmp_path):
     from bixt.engine.task import TaskAdapterBase, as_task_adapter
 
-    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert 0.0 <= metrics["val/top1"] <= 100.0 and (tmp_path / "last.pth").is_file()
     adapted = as_task_adapter(DuckTypedAdapter())
     assert isinstance(adapted, TaskAdapterBase) and adapted.sample_name == "samples"
@@ -433,6 +432,6 @@ def test_overridden_hooks_of_a_base_adapter_are_used(tmp_path):
             return batch
 
     counting = Counting()
-    run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert counting.transformed == 4  # every training batch: 32 samples / batch 8
     assert torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["note"] == "kept"

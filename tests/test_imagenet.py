@@ -211,7 +211,7 @@ def test_eval_only_of_an_official_training_checkpoint(tmp_path):
                                         "run_dir": str(tmp_path / "eval"), "num_workers": 0, "batch_size": 2,
                                         "progress": False}, "optim": {}})
     model = timm.create_model(golden["name"], **golden["kwargs"])
-    metrics = run(cfg, model, ClassificationAdapter(10), None, TensorDataset(golden["input"], labels))
+    metrics = run(cfg, model, ClassificationAdapter(10), TaskData(None, TensorDataset(golden["input"], labels)))
     assert metrics["val/top1"] == 100.0
     expected = torch.nn.functional.cross_entropy(golden["logits"].double(), labels).item()
     assert metrics["val/loss"] == pytest.approx(expected, abs=1e-4)

@@ -16,6 +16,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import TensorDataset
 
 from bixt.checkpoint import load_checkpoint
+from bixt.data.task_data import TaskData
 from bixt.engine import run, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_weights
 from bixt.tasks.classification import ClassificationAdapter
@@ -25,7 +26,7 @@ TRAIN, VAL = NoisyBlobs(96), NoisyBlobs(32, seed=1)  # 12 updates per epoch at b
 
 
 def train(run_dir, **trainer):
-    return run(make_cfg(run_dir, **trainer), tiny_model(), adapter(), TRAIN, VAL)
+    return run(make_cfg(run_dir, **trainer), tiny_model(), adapter(), TaskData(TRAIN, VAL))
 
 
 def lrs(run_dir) -> list[float]:
@@ -67,7 +68,7 @@ def test_resume_with_another_batch_size_keeps_the_position_in_epochs(tmp_path):
 def test_mid_epoch_resume_with_another_batch_size_maps_the_samples_or_refuses(tmp_path):
     common = dict(epochs=2, ckpt_every_steps=2)
     with pytest.raises(Killed):
-        run(make_cfg(tmp_path / "run", **common), tiny_model(), DiesAfter(9), TRAIN, VAL)
+        run(make_cfg(tmp_path / "run", **common), tiny_model(), DiesAfter(9), TaskData(TRAIN, VAL))
     ckpt = state(tmp_path / "run" / "last.pth")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 8)  # 64 of the epoch's 96 samples used
     before = snapshot(tmp_path / "run")
@@ -85,9 +86,9 @@ def test_resume_with_another_lr_trains_at_that_lr(tmp_path):
         c.optim.lr = lr
         return c
 
-    run(cfg(tmp_path / "fresh", 0.5, epochs=4), tiny_model(), adapter(), TRAIN, VAL)
-    run(cfg(tmp_path / "run", 5e-2, epochs=4, max_steps=24), tiny_model(), adapter(), TRAIN, VAL)
-    run(cfg(tmp_path / "run", 0.5, epochs=4, resume=True), tiny_model(), adapter(), TRAIN, VAL)
+    run(cfg(tmp_path / "fresh", 0.5, epochs=4), tiny_model(), adapter(), TaskData(TRAIN, VAL))
+    run(cfg(tmp_path / "run", 5e-2, epochs=4, max_steps=24), tiny_model(), adapter(), TaskData(TRAIN, VAL))
+    run(cfg(tmp_path / "run", 0.5, epochs=4, resume=True), tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert lrs(tmp_path / "run")[2] == pytest.approx(lrs(tmp_path / "fresh")[2], rel=1e-9)
     assert lrs(tmp_path / "run")[2] > 0.05
     groups = state(tmp_path / "run" / "last.pth")["optimizer"]["param_groups"]
@@ -100,11 +101,11 @@ def test_resume_with_another_optimizer_is_refused_naming_optim_name(tmp_path):
     cfg = make_cfg(tmp_path / "run", epochs=2, resume=True)
     cfg.optim.name = "sgd"
     with pytest.raises(ValueError, match=r"optim.name='sgd'.*optim.name='adamw'.*trainer.checkpoint=PATH"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     cfg.optim.name = "adamw"
     cfg.optim.filter_bias_and_bn = False  # one parameter group instead of two
     with pytest.raises(ValueError, match="optim.filter_bias_and_bn True -> False"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert snapshot(tmp_path / "run") == before
 
 
@@ -119,10 +120,10 @@ def test_resume_with_the_same_settings_logs_no_changes(tmp_path, caplog):
 def test_eval_only_of_a_run_evaluates_its_checkpoint_and_leaves_its_files_alone(tmp_path):
     run_dir = tmp_path / "run"
     fixed = TensorDataset(VAL.x, VAL.y)  # no random jitter: the same numbers whenever it is evaluated
-    run(make_cfg(run_dir, epochs=2), tiny_model(), adapter(), TRAIN, fixed)
+    run(make_cfg(run_dir, epochs=2), tiny_model(), adapter(), TaskData(TRAIN, fixed))
     before, trained = snapshot(run_dir), records(run_dir)[-1]
     cfg = make_cfg(run_dir, eval_only=True, resume=True)
-    metrics = run(cfg, tiny_model(), adapter(), None, fixed)
+    metrics = run(cfg, tiny_model(), adapter(), TaskData(None, fixed))
     assert metrics["val/top1"] == trained["val/top1"] and metrics["val/loss"] == pytest.approx(trained["val/loss"])
     assert snapshot(run_dir) == before
     (evaluation,) = (run_dir / "eval").iterdir()
@@ -131,7 +132,7 @@ def test_eval_only_of_a_run_evaluates_its_checkpoint_and_leaves_its_files_alone(
 
     other = make_cfg(run_dir, eval_only=True, resume=True, checkpoint=str(tmp_path / "other.pth"))
     with pytest.raises(ValueError, match="two checkpoints"):
-        run(other, tiny_model(), adapter(), None, fixed)
+        run(other, tiny_model(), adapter(), TaskData(None, fixed))
 
 
 # ----------------------------------------------------------------------------- non-strict loading
@@ -169,7 +170,7 @@ def test_non_strict_partial_load_reports_what_it_loaded(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- task extras
 def test_checkpoints_carry_the_adapters_class_names(tmp_path):
-    run(make_cfg(tmp_path, epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TRAIN, VAL)
+    run(make_cfg(tmp_path, epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TaskData(TRAIN, VAL))
     assert state(tmp_path / "last.pth")["classes"] == ["neg", "pos"]
     assert state(tmp_path / "best.pth")["classes"] == ["neg", "pos"]
 
@@ -260,9 +261,9 @@ def test_impossible_trainer_settings_fail_naming_the_key(key, value):
 def test_impossible_settings_fail_before_anything_is_written(tmp_path):
     cfg = make_cfg(tmp_path / "run", epochs=0)
     with pytest.raises(ValueError, match=r"trainer\.epochs=0"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     cfg = make_cfg(tmp_path / "run")
     cfg.optim.lr = -1.0
     with pytest.raises(ValueError, match=r"optim\.lr=-1\.0"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert not (tmp_path / "run").exists()

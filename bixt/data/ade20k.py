@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from bixt.data.errors import DataError
 from bixt.data.hf import load_local_splits
 from bixt.data.scenes import SCENE_CLASSES, make_scenes
-from bixt.data.seg_transforms import IGNORE_INDEX, SegEvalTransform, SegTrainTransform, as_pair
+from bixt.data.seg_transforms import IGNORE_INDEX, SegEvalTransform, SegTrainTransform, as_pair, collate_segmentation
+from bixt.data.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,6 @@ class SegmentationDataset(Dataset):
 
 
 # ------------------------------------------------------------------------- builders (data=<option>)
-SemSegData = tuple[Optional[SegmentationDataset], SegmentationDataset, list[str]]
 
 
 def _transforms(*, crop_size: Any = None, scale: Any = None, ratio_range: Any = None, cat_max_ratio: Optional[float] = 1.0,
@@ -357,7 +357,7 @@ def _labelled_classes(num_classes: int, class_names: Optional[Sequence[str]]) ->
 
 
 def scenes_data(*, seed: int, train_size: int, val_size: int, img_size: int, num_classes: int, noise: float,
-                max_objects: int, hue_jitter: float, eval_only: bool = False, **pipeline: Any) -> SemSegData:
+                max_objects: int, hue_jitter: float, eval_only: bool = False, **pipeline: Any) -> TaskData:
     """The embedded procedural scenes (:mod:`bixt.data.scenes`); ``train`` is None with ``eval_only``."""
     train_tf, val_tf = _transforms(**pipeline)
     classes = list(SCENE_CLASSES[:int(num_classes)])
@@ -368,12 +368,13 @@ def scenes_data(*, seed: int, train_size: int, val_size: int, img_size: int, num
         source = _TensorSource(*make_scenes(int(train_size), split="train", **gen), "train")
         train = SegmentationDataset(source=source, transform=train_tf, class_names=classes)
     source = _TensorSource(*make_scenes(int(val_size), split="val", **gen), "val")
-    return train, SegmentationDataset(source=source, transform=val_tf, class_names=classes), classes
+    val = SegmentationDataset(source=source, transform=val_tf, class_names=classes)
+    return TaskData(train, val, class_names=classes, collate_fn=collate_segmentation)
 
 
 def ade20k_data(*, root: Optional[str], num_classes: int, class_names: Optional[Sequence[str]],
                 reduce_zero_label: bool, train_split: str, val_split: str, check_headers: bool,
-                eval_only: bool = False, **pipeline: Any) -> SemSegData:
+                eval_only: bool = False, **pipeline: Any) -> TaskData:
     """An ``ADEChallengeData2016``-layout folder (read only); ``train`` is None with ``eval_only``."""
     if not root:
         raise ValueError(f"data=ade20k needs data.root=DIR, the extracted {ADE_FOLDER} folder (or its parent)")
@@ -386,12 +387,12 @@ def ade20k_data(*, root: Optional[str], num_classes: int, class_names: Optional[
                                    transform=transform, class_names=classes)
 
     train = None if eval_only else split_set(train_split, train_tf)
-    return train, split_set(val_split, val_tf), classes
+    return TaskData(train, split_set(val_split, val_tf), class_names=classes, collate_fn=collate_segmentation)
 
 
 def ade20k_hf_data(*, path: Optional[str], image_column: str, label_column: str, num_classes: int,
                    class_names: Optional[Sequence[str]], reduce_zero_label: bool, train_split: str, val_split: str,
-                   load_kwargs: Optional[dict] = None, eval_only: bool = False, **pipeline: Any) -> SemSegData:
+                   load_kwargs: Optional[dict] = None, eval_only: bool = False, **pipeline: Any) -> TaskData:
     """A local Hugging Face copy with an image and an annotation column; same label rules as ade20k."""
     train_tf, val_tf = _transforms(**pipeline)
     classes = _labelled_classes(num_classes, class_names)
@@ -403,4 +404,4 @@ def ade20k_hf_data(*, path: Optional[str], image_column: str, label_column: str,
         return SegmentationDataset(source=source, transform=transform, class_names=classes)
 
     train = None if eval_only else split_set(train_split, train_tf)
-    return train, split_set(val_split, val_tf), classes
+    return TaskData(train, split_set(val_split, val_tf), class_names=classes, collate_fn=collate_segmentation)

@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from bixt.data.errors import DataError
 from bixt.data.hf import load_local_splits
+from bixt.data.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +460,6 @@ def hf_class_names(split, label_column: str) -> Optional[list[str]]:
 # without ``train/``). Every returned dataset has ``.classes`` (index -> name). The file-backed
 # builders check the validation images' headers (``verify_val``), so that a bad file is named
 # (``on_bad_image=fail``) or dropped (``skip``) before any training.
-ImageData = tuple[Optional[Dataset], Dataset, int]
 
 
 def image_transforms(*, img_size: int, aug: Mapping[str, Any], mean: Sequence[float],
@@ -503,7 +503,7 @@ def _checked_num_classes(wanted: Optional[int], classes: Sequence[str], origin: 
 
 def embedded_image_data(*, img_size: int, num_classes: int, train_size: int, val_size: int, seed: int,
                         noise: float, eval_only: bool = False,
-                        class_names: Optional[Sequence[str]] = None) -> ImageData:
+                        class_names: Optional[Sequence[str]] = None) -> TaskData:
     """The embedded shapes set (:class:`ShapesDataset`)."""
     class_names = _checked_class_names(class_names)
     expected = list(SHAPE_CLASSES[:num_classes])
@@ -515,13 +515,13 @@ def embedded_image_data(*, img_size: int, num_classes: int, train_size: int, val
     # distinct seeds: validation images are new draws, not copies of training ones
     train = None if eval_only else ShapesDataset(train_size, seed=seed, train=True, **common)
     val = ShapesDataset(val_size, seed=seed + 1_000_003, **common)
-    return train, val, num_classes
+    return TaskData(train, val, class_names=val.classes, num_classes=num_classes)
 
 
 def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, img_size: int,
                       num_classes: Optional[int], on_bad_image: str, verify_val: bool, mean: Sequence[float],
                       std: Sequence[float], aug: Mapping[str, Any], eval_only: bool = False,
-                      class_names: Optional[Sequence[str]] = None) -> ImageData:
+                      class_names: Optional[Sequence[str]] = None) -> TaskData:
     """ImageNet-style folders ``root/<train_split>/<class>/*`` and ``root/<val_split>/<class>/*``."""
     class_names = _checked_class_names(class_names)
     train_tf, val_tf = image_transforms(img_size=img_size, aug=aug, mean=mean, std=std)
@@ -553,14 +553,14 @@ def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, 
     num_classes = _checked_num_classes(num_classes, val.classes, origin)
     if verify_val:
         val.verify_files(f"the validation set {val.root}")
-    return train, val, num_classes
+    return TaskData(train, val, class_names=(train if train is not None else val).classes, num_classes=num_classes)
 
 
 def hf_image_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any]], image_column: str,
                   label_column: str, train_split: str, val_split: str, img_size: int, num_classes: Optional[int],
                   on_bad_image: str, verify_val: bool, mean: Sequence[float], std: Sequence[float],
                   aug: Mapping[str, Any], eval_only: bool = False,
-                  class_names: Optional[Sequence[str]] = None) -> ImageData:
+                  class_names: Optional[Sequence[str]] = None) -> TaskData:
     """A local Hugging Face image dataset (``save_to_disk`` output or a local ``load_dataset`` folder)."""
     class_names = _checked_class_names(class_names)
     train_tf, val_tf = image_transforms(img_size=img_size, aug=aug, mean=mean, std=std)
@@ -600,4 +600,4 @@ def hf_image_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any
     val = sets["val"]
     if verify_val:
         val.verify_files(f"the validation set {val.name}")
-    return sets.get("train"), val, num_classes
+    return TaskData(sets.get("train"), val, class_names=classes, num_classes=num_classes)

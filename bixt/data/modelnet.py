@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 from bixt.data.cache import default_cache_dir
 from bixt.data.errors import DataError
 from bixt.data.surfaces import Parts, box, ellipsoid, frustum, hemisphere, rot_x, rot_y, rot_z, torus_arc, triangle
+from bixt.data.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -367,20 +368,20 @@ def _augmentation(augment: Optional[Mapping[str, Any]]) -> dict[str, Any]:
 # The task's data builders, named by ``_target_`` in bixt/configs/modelnet40_cls/data/*.yaml (which
 # hold every default): each returns ``(train, test, classes)``.
 def solids_data(*, seed: int, train_size: int, test_size: int, noise: float, max_tilt_degrees: float,
-                num_points: int, normals: bool, augment: Optional[Mapping[str, Any]],
-                ) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
+                num_points: int, normals: bool, augment: Optional[Mapping[str, Any]], eval_only: bool = False,
+                ) -> TaskData:
     """The embedded procedural solids (:func:`make_solids`)."""
     gen = dict(seed=int(seed), num_points=int(num_points), noise=float(noise), max_tilt_degrees=float(max_tilt_degrees))
     train = PointClassificationDataset(*make_solids(int(train_size), split="train", **gen), SOLID_CLASSES,
                                        normals=bool(normals), **_augmentation(augment))
     test = PointClassificationDataset(*make_solids(int(test_size), split="test", **gen), SOLID_CLASSES,
                                       normals=bool(normals))
-    return train, test, list(SOLID_CLASSES)
+    return TaskData(None if eval_only else train, test, class_names=SOLID_CLASSES)
 
 
 def modelnet40_data(*, root: Optional[str], cache_dir: Optional[str], force_reload: bool, num_points: int,
-                    sampling: str, normals: bool, augment: Optional[Mapping[str, Any]],
-                    ) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
+                    sampling: str, normals: bool, augment: Optional[Mapping[str, Any]], eval_only: bool = False,
+                    ) -> TaskData:
     """ModelNet40 from ``root`` (:func:`load_modelnet40`); its test split is the task's validation set."""
     if not root:
         raise ValueError(f"data=modelnet40 needs data.root=DIR (the {MODELNET_FOLDER} folder)")
@@ -389,4 +390,4 @@ def modelnet40_data(*, root: Optional[str], cache_dir: Optional[str], force_relo
     train = PointClassificationDataset(pts, lab, classes, names=names, normals=bool(normals), **_augmentation(augment))
     pts, lab, test_classes, names = load_modelnet40(root, "test", **kw)
     test = PointClassificationDataset(pts, lab, test_classes, names=names, normals=bool(normals))
-    return train, test, classes
+    return TaskData(None if eval_only else train, test, class_names=classes)

@@ -1,7 +1,7 @@
 """The part-segmentation task's data builders, named by ``_target_`` in
-``bixt/configs/shapenet_partseg/data/*.yaml``: each returns ``(train, val, tests, info)``, the
-:class:`~bixt.data.partseg.PointCloudDataset` splits, the test splits by name and their
-:class:`~bixt.data.partseg.PartSegInfo`.
+``bixt/configs/shapenet_partseg/data/*.yaml``: each returns a :class:`~bixt.data.task_data.TaskData`
+of :class:`~bixt.data.partseg.PointCloudDataset` splits (test splits by name), their
+:class:`~bixt.data.partseg.PartSegInfo` as ``metadata["info"]``.
 
 The YAML files hold every default; ``min_points`` is what the model needs per raw cloud (its
 group count / group size), given by the task.
@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from bixt.data.partseg import PartSegInfo, PointCloudDataset, build_point_transform
+from bixt.data.partseg import PartSegInfo, PointCloudDataset, build_point_transform, collate_point_clouds
 from bixt.data.partseg_shapes import SYNTHETIC_INFO, make_synthetic_partseg
 from bixt.data.shapenetpart import SHAPENET_FOLDER, load_shapenetpart
+from bixt.data.task_data import TaskData
 
 __all__ = ["synthetic_partseg_data", "shapenetpart_data"]
 
-PartSegData = tuple[PointCloudDataset, PointCloudDataset, dict[str, PointCloudDataset], PartSegInfo]
+
+
+def _task_data(train: PointCloudDataset, val: PointCloudDataset, tests: dict[str, PointCloudDataset],
+               info: PartSegInfo, eval_only: bool) -> TaskData:
+    # the label space is the parts; the categories (and which parts each has) travel in metadata
+    return TaskData(None if eval_only else train, val, tests, num_classes=info.num_classes,
+                    collate_fn=collate_point_clouds, metadata={"info": info})
 
 
 def _split_wrapper(*, num_points: Optional[int], normals: bool, eval_seed: int, augment: Optional[Mapping[str, Any]],
@@ -54,7 +61,8 @@ def synthetic_partseg_data(
     eval_seed: int,
     augment: Optional[Mapping[str, Any]],
     min_points: int = 1,
-) -> PartSegData:
+    eval_only: bool = False,
+) -> TaskData:
     """The embedded procedural set (:mod:`bixt.data.partseg_shapes`); a test split only if ``test_size``."""
     wrap = _split_wrapper(num_points=num_points, normals=normals, eval_seed=eval_seed, augment=augment,
                           min_points=min_points)
@@ -68,7 +76,7 @@ def synthetic_partseg_data(
     train = split("train", train_size, True)
     val = split("val", val_size, False)
     tests = {"test": split("test", test_size, False)} if test_size else {}
-    return train, val, tests, info
+    return _task_data(train, val, tests, info, eval_only)
 
 
 def shapenetpart_data(
@@ -85,7 +93,8 @@ def shapenetpart_data(
     eval_seed: int,
     augment: Optional[Mapping[str, Any]],
     min_points: int = 1,
-) -> PartSegData:
+    eval_only: bool = False,
+) -> TaskData:
     """ShapeNetPart (:mod:`bixt.data.shapenetpart`) from ``root``; ``test_splits`` evaluated at the end."""
     wrap = _split_wrapper(num_points=num_points, normals=normals, eval_seed=eval_seed, augment=augment,
                           min_points=min_points)
@@ -103,4 +112,4 @@ def shapenetpart_data(
     train, info = split(train_split, True)
     val, _ = split(val_split, False)
     tests = {s: split(s, False)[0] for s in (test_splits or [])}
-    return train, val, tests, info
+    return _task_data(train, val, tests, info, eval_only)

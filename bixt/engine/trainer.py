@@ -16,6 +16,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from bixt.data.task_data import TaskData
 from bixt.engine import checkpointing as ckpt_io
 from bixt import accel
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer_config
@@ -39,15 +40,14 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch
                "float16": torch.float16, "fp32": None, "float32": None, "none": None}
 
 
-def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
-        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None) -> dict[str, float]:
-    """Train ``model`` on ``train_set`` (or only evaluate it), evaluating on ``val_set`` and, at the
-    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict."""
+def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, data: TaskData) -> dict[str, float]:
+    """Train ``model`` on ``data.train`` (or only evaluate it), evaluating on ``data.val`` and, at
+    the end, on each of ``data.tests``. Returns the final metrics as a flat ``{name: float}`` dict."""
     tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
     env = init_distributed(tcfg.device)
     try:
         with process_settings_restored():
-            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn).fit(train_set, val_set, test_sets or {})
+            return _Engine(cfg, tcfg, ocfg, env, model, adapter, data.collate_fn).fit(data.train, data.val, data.tests)
     finally:
         cleanup(env)
 
