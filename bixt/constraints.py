@@ -100,7 +100,9 @@ class Node:
     fn: Callable
 
 
-def _signature(target: Callable) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+def _signature(target: Callable) -> tuple[dict[str, inspect.Parameter], dict[str, Any], Any]:
+    """Keyword parameters, their annotations, and what ``**kwargs`` accepts: None (no ``**kwargs``),
+    True (anything) or the ``Node`` its annotation names (``**pipeline: Annotated[Any, Node(fn)]``)."""
     fn = target.__init__ if inspect.isclass(target) else target
     params = dict(inspect.signature(fn).parameters)
     params.pop("self", None)
@@ -108,9 +110,13 @@ def _signature(target: Callable) -> tuple[dict[str, inspect.Parameter], dict[str
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # an annotation that cannot be evaluated is not checked
         hints = {}
-    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    var_kw = next((k for k, p in params.items() if p.kind is p.VAR_KEYWORD), None)
+    extra: Any = None
+    if var_kw is not None:
+        nodes = [a for a in typing.get_args(hints.get(var_kw)) if isinstance(a, Node)]
+        extra = nodes[0] if nodes else True
     params = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return params, hints, open_kwargs
+    return params, hints, extra
 
 
 def _fail(key: str, value: Any, expected: str) -> None:
@@ -207,13 +213,16 @@ def _plain(tp: Any) -> Any:
 def check_keys(node: dict, target: Callable, key: str, provided: tuple[str, ...] = ()) -> None:
     """Every key of ``node`` must be a keyword argument of ``target`` and fit its annotation.
     ``provided`` names the arguments the caller adds at run time (not settable in the config)."""
-    params, hints, open_kwargs = _signature(target)
+    params, hints, extra = _signature(target)
+    if isinstance(extra, Node):  # **kwargs forwarded to a function whose signature says what they are
+        more, more_hints, extra = _signature(extra.fn)
+        params, hints = {**more, **params}, {**more_hints, **hints}
     for name, value in node.items():
         if name in HYDRA_KEYS:
             continue
         full = f"{key}.{name}"
         if name not in params or name in provided:
-            if open_kwargs and name not in provided:
+            if extra is True and name not in provided:
                 continue
             valid = ", ".join(k for k in params if k not in provided)
             raise ConfigValueError(f"unknown key {full}; valid keys of {key}: {valid}")

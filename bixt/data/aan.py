@@ -17,17 +17,20 @@ import ast
 import hashlib
 import logging
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Annotated, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from bixt.constraints import Range
 from bixt.data.errors import DataError
 from bixt.data.task_data import TaskData
 from bixt.data.tsv import check_data_folder, file_fingerprint, has_rows, load_tsv_split, prepare_cache_dir
 from bixt.tokenizers.text import ByteTokenizer
 
 log = logging.getLogger(__name__)
+
+Count = Annotated[int, Range(min=0)]  # a generated split's size
 
 SPLITS = ("train", "eval", "test")
 FILE_TEMPLATE = "new_aan_pairs.{split}.tsv"
@@ -335,7 +338,7 @@ def aan_data(*, name: str, root: Optional[str], cache_dir: Optional[str], max_le
     return _task_data(load_aan(root, max_len=max_len, cache_dir=cache_dir), name)
 
 
-def embedded_retrieval_data(*, name: str, seed: int, train_size: int, eval_size: int, test_size: int, max_len: int,
+def embedded_retrieval_data(*, name: str, seed: int, train_size: Count, eval_size: Count, test_size: Count, max_len: Annotated[int, Range(min=1)],
                             min_bytes: int, max_bytes: int, num_topics: int, topics_per_doc: int,
                             topic_word_rate: float, hard_negative_rate: float, eval_only: bool = False) -> TaskData:
     """The synthetic matching set (:func:`generate_retrieval_pairs`), tokenised as the files are."""

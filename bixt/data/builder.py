@@ -10,7 +10,7 @@ Hydra's ``InstantiationException``.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -34,3 +34,10 @@ def build_data(data_cfg: Any, **runtime: Any) -> TaskData:
         raise TypeError(f"the data builder {node['_target_']} returned {type(data).__name__}; a builder returns "
                         "a bixt.data.task_data.TaskData")
     return data
+
+
+def check_num_points(num_points: Optional[int], min_points: int) -> None:
+    """A point cloud builder's ``data.num_points`` must cover what the model's tokeniser needs."""
+    if num_points is not None and int(num_points) < min_points:
+        raise ValueError(f"data.num_points={num_points} is smaller than the {min_points} points the model needs per "
+                         "cloud (model.tokenizer.num_groups / group_size); raise data.num_points or lower those")

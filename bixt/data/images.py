@@ -30,7 +30,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, get_img_extensions
 from torch.utils.data import Dataset
 
+from bixt.constraints import Range
 from bixt.data.errors import DataError
 from bixt.data.hf import load_local_splits
 from bixt.data.task_data import TaskData
@@ -501,8 +502,10 @@ def _checked_num_classes(wanted: Optional[int], classes: Sequence[str], origin: 
     return len(classes)
 
 
-def embedded_image_data(*, img_size: int, num_classes: int, train_size: int, val_size: int, seed: int,
-                        noise: float, eval_only: bool = False,
+def embedded_image_data(*, img_size: Annotated[int, Range(min=8)],
+                        num_classes: Annotated[int, Range(min=2, max=len(SHAPE_CLASSES))],
+                        train_size: Annotated[int, Range(min=0)], val_size: Annotated[int, Range(min=1)], seed: int,
+                        noise: Annotated[float, Range(min=0.0)], eval_only: bool = False,
                         class_names: Optional[Sequence[str]] = None) -> TaskData:
     """The embedded shapes set (:class:`ShapesDataset`)."""
     class_names = _checked_class_names(class_names)
@@ -518,8 +521,8 @@ def embedded_image_data(*, img_size: int, num_classes: int, train_size: int, val
     return TaskData(train, val, class_names=val.classes, num_classes=num_classes)
 
 
-def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, img_size: int,
-                      num_classes: Optional[int], on_bad_image: str, verify_val: bool, mean: Sequence[float],
+def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, img_size: Annotated[int, Range(min=1)],
+                      num_classes: Optional[Annotated[int, Range(min=1)]], on_bad_image: Literal["fail", "skip"], verify_val: bool, mean: Sequence[float],
                       std: Sequence[float], aug: Mapping[str, Any], eval_only: bool = False,
                       class_names: Optional[Sequence[str]] = None) -> TaskData:
     """ImageNet-style folders ``root/<train_split>/<class>/*`` and ``root/<val_split>/<class>/*``."""
@@ -557,8 +560,8 @@ def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, 
 
 
 def hf_image_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any]], image_column: str,
-                  label_column: str, train_split: str, val_split: str, img_size: int, num_classes: Optional[int],
-                  on_bad_image: str, verify_val: bool, mean: Sequence[float], std: Sequence[float],
+                  label_column: str, train_split: str, val_split: str, img_size: Annotated[int, Range(min=1)],
+                  num_classes: Optional[Annotated[int, Range(min=1)]], on_bad_image: Literal["fail", "skip"], verify_val: bool, mean: Sequence[float], std: Sequence[float],
                   aug: Mapping[str, Any], eval_only: bool = False,
                   class_names: Optional[Sequence[str]] = None) -> TaskData:
     """A local Hugging Face image dataset (``save_to_disk`` output or a local ``load_dataset`` folder)."""

@@ -26,9 +26,9 @@ class DualEncoderRetriever(nn.Module):
     the two), which is one encoder call instead of two and identical in result.
     """
 
-    def __init__(self, document_encoder: nn.Module, head: RetrievalHead) -> None:
+    def __init__(self, encoder: nn.Module, head: RetrievalHead) -> None:
         super().__init__()
-        self.document_encoder = document_encoder
+        self.document_encoder = encoder  # the name its checkpoints' keys carry
         self.head = head
 
     def encode(self, input_ids: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
