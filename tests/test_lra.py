@@ -162,7 +162,7 @@ def test_generator_label_needs_the_whole_of_both_documents():
 
 # ---------------------------------------------------------------------------------------- task
 TINY = [
-    "model.dim=32", "model.document_encoder.depth=2", "model.document_encoder.num_heads=2",
+    "model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
     "model.head.hidden_dims=[16]", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_batch_size=8",
     "trainer.log_every=0",
 ]
@@ -232,7 +232,7 @@ def test_lra_scale_configs_match_the_lra_baseline():
 
     from bixt.baselines.transformer import TransformerDocumentEncoder
     from bixt.models.text import BiXTSequenceEncoder
-    from bixt.tasks.lra_retrieval import build_model
+    from bixt.tasks.kit import build_model
 
     with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "lra_retrieval"), version_base=None):
         bixt_cfg = compose("config", overrides=["experiment=aan", "data.root=unused"])

@@ -550,7 +550,8 @@ def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, 
         origin = f"the class folders of {val_dir}"
         log.warning("evaluating without %s and without a class list: labels follow the class folders of %s in "
                     "natural order; if that folder lacks a class the model was trained on, every later label is "
-                    "shifted (keep the training folder, or pass the model's class names)", train_dir, val_dir)
+                    "shifted without an error. To fix the order, create %s/<class>/ for every class the model was "
+                    "trained on (empty folders suffice)", train_dir, val_dir, train_dir)
     val = ImageFolderDataset(val_dir, val_tf, class_to_idx, on_bad_image, allow_empty_classes=True,
                              classes_from=origin)
     num_classes = _checked_num_classes(num_classes, val.classes, origin)
