@@ -179,6 +179,8 @@ def check_value(key: str, tp: Any, value: Any) -> None:
     if isinstance(value, dict) and "_target_" in value:
         check_node(value, key)  # a nested object: checked against its own target
         return
+    if value is not None and _plain(tp) is not tp:  # Optional[X] holding a value: checked as X
+        return check_value(key, _plain(tp), value)
     constraints = []
     while typing.get_origin(tp) is typing.Annotated:
         tp, *extra = typing.get_args(tp)

@@ -133,8 +133,9 @@ def _typed(schema: type, node: Any, key: str):
         merged = OmegaConf.merge(base, node if node is not None else {})
     except (ConfigKeyError, ValidationError) as err:
         valid = ", ".join(f.name for f in fields(schema))
-        raise ValueError(f"invalid `{key}` config: {err.msg if hasattr(err, 'msg') else err}\n"
-                         f"valid keys of `{key}`: {valid}") from None
+        reason = str(err.msg if hasattr(err, "msg") else err).splitlines()[0]
+        name = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+        raise ValueError(f"invalid `{name}`: {reason}; valid keys of `{key}`: {valid}") from None
     return OmegaConf.to_object(merged)
 
 

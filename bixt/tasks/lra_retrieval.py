@@ -16,41 +16,16 @@ training and evaluation throughput in pairs/s.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import hydra
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
 
-from bixt.engine.task import TaskAdapterBase
-from bixt.metrics.retrieval import RetrievalEvaluator
 from bixt.tasks import kit
-
-
-class RetrievalAdapter(TaskAdapterBase):
-    """Tells the engine how to run, score and evaluate a batch of document pairs."""
-
-    main_metric = "accuracy"
-    sample_name = "pairs"
-
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-        return model(batch["input_ids1"], batch["token_mask1"], batch["input_ids2"], batch["token_mask2"])
-
-    def loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), batch["label"])
-
-    def batch_size(self, batch: Mapping[str, Any]) -> int:
-        return batch["label"].shape[0]
-
-    def make_evaluator(self) -> RetrievalEvaluator:
-        return RetrievalEvaluator()
+from bixt.tasks.retrieval import RetrievalAdapter
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     data = kit.prepare(cfg)
-    return kit.run(cfg, kit.build_model(cfg.model), RetrievalAdapter(), data)
+    return kit.run(cfg, kit.build_model(cfg.model), RetrievalAdapter(kit.smoothing(cfg)), data)
 
 
 @hydra.main(version_base=None, config_path="../configs/lra_retrieval", config_name="config")

@@ -13,43 +13,13 @@ metrics are instance and class mIoU with predictions restricted to each shape's 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import hydra
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
 
-from bixt.data.partseg import IGNORE_LABEL, PartSegInfo
-from bixt.engine.task import TaskAdapterBase
-from bixt.metrics.partseg import PartSegEvaluator, format_category_table
+from bixt.data.partseg import PartSegInfo
+from bixt.metrics.partseg import format_category_table
 from bixt.tasks import kit
-
-
-class PartSegAdapter(TaskAdapterBase):
-    """Tells the engine how to run, score and evaluate a part-segmentation batch."""
-
-    main_metric = "instance_miou"
-    sample_name = "shapes"
-
-    def __init__(self, info: PartSegInfo, label_smoothing: float = 0.0) -> None:
-        self.info = info
-        self.label_smoothing = label_smoothing
-
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-        return model(batch["pos"], batch["point_mask"], batch.get("features"), batch["category"])
-
-    def loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
-        # Plain cross-entropy over all part labels, padded points ignored (the standard recipe).
-        return F.cross_entropy(outputs.flatten(0, 1).float(), batch["labels"].flatten(),
-                               ignore_index=IGNORE_LABEL, label_smoothing=self.label_smoothing)
-
-    def batch_size(self, batch: Mapping[str, Any]) -> int:
-        return batch["pos"].shape[0]
-
-    def make_evaluator(self) -> PartSegEvaluator:
-        return PartSegEvaluator(self.info.part_mask, self.info.category_names)
+from bixt.tasks.part_segmentation import PartSegAdapter
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
