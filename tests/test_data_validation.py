@@ -13,7 +13,8 @@ from PIL import Image
 
 from bixt.data.aan import AANFormatError, load_aan
 from bixt.data.builder import build_data
-from bixt.data.images import SHAPE_CLASSES, BadImageError
+from bixt.data.image_files import BadImageError
+from bixt.data.shapes import SHAPE_CLASSES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bixt" / "configs" / "imagenet"
 
@@ -163,7 +164,7 @@ def test_bad_val_image_is_found_when_the_data_is_built(tmp_path, caplog):
 def test_bad_image_read_in_a_dataloader_worker_keeps_its_clean_message(tmp_path):
     from torch.utils.data import DataLoader, Subset
 
-    from bixt.data.images import ImageFolderDataset
+    from bixt.data.image_files import ImageFolderDataset
 
     root = make_folder(tmp_path, {"train": "ab"}, per_class=1)
     bad = root / "train" / "b" / "broken.png"

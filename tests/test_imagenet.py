@@ -19,7 +19,8 @@ from PIL import Image
 
 import bixt  # noqa: F401
 from bixt.data.builder import build_data
-from bixt.data.images import BadImageError, HFImageDataset, ImageFolderDataset, ShapesDataset, generate_shapes
+from bixt.data.image_files import BadImageError, HFImageDataset, ImageFolderDataset
+from bixt.data.shapes import ShapesDataset, generate_shapes
 from bixt.data.task_data import TaskData
 from bixt.tasks.kit import check_required
 
@@ -291,7 +292,8 @@ def test_two_process_ddp_step_equals_single_process(tmp_path):
 
 
 def test_eval_only_class_order_from_folder_names_matches_the_training_reader(tmp_path):
-    from bixt.data.images import ImageFolderDataset, folder_class_to_idx
+    from bixt.data.image_files import ImageFolderDataset
+    from bixt.data.images import folder_class_to_idx
 
     for name in ("n10", "n2", "b", "A", "n1"):
         (tmp_path / name).mkdir()

@@ -342,7 +342,7 @@ def embedded_retrieval_data(*, name: str, seed: int, train_size: Count, eval_siz
                             min_bytes: int, max_bytes: int, num_topics: int, topics_per_doc: int,
                             topic_word_rate: float, hard_negative_rate: float, eval_only: bool = False) -> TaskData:
     """The synthetic matching set (:func:`generate_retrieval_pairs`), tokenised as the files are."""
-    return _model_inputs(load_embedded(
+    return _task_data(load_embedded(
         {"train": train_size, "eval": eval_size, "test": test_size}, seed=seed, max_len=max_len,
         min_bytes=min_bytes, max_bytes=max_bytes, num_topics=num_topics, topics_per_doc=topics_per_doc,
         topic_word_rate=topic_word_rate, hard_negative_rate=hard_negative_rate,
