@@ -19,9 +19,9 @@ import inspect
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
-__all__ = ["Range", "OneOf", "Ascending", "Each", "Node", "ConfigValueError", "check_node", "check_value"]
+__all__ = ["Range", "OneOf", "Ascending", "Each", "Node", "PositiveInterval", "ConfigValueError", "check_node", "check_value"]
 
 #: keys Hydra's instantiate reads itself
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
@@ -98,6 +98,10 @@ class Node:
     """A plain sub-dict whose keys are the keyword arguments of ``fn`` (checked like a ``_target_``)."""
 
     fn: Callable
+
+
+#: a ``[low, high]`` range of positive numbers (e.g. random scaling), or null
+PositiveInterval = Optional[Annotated[list[Annotated[float, Range(min=0.0, open_min=True)]], Ascending()]]
 
 
 def _signature(target: Callable) -> tuple[dict[str, inspect.Parameter], dict[str, Any], Any]:

@@ -204,7 +204,8 @@ def test_resolve_resume(tmp_path):
 
 # ----------------------------------------------------------------------------- the loop
 def test_run_trains_and_writes_the_run_directory(tmp_path):
-    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
+    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(),
+                  TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     assert metrics["epoch"] == 5 and metrics["step"] == 5 * 12
     assert metrics["val/top1"] > 80 and "val_ema/top1" in metrics and "best/top1" in metrics
     names = {p.name for p in tmp_path.iterdir()}
@@ -245,7 +246,8 @@ def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
 def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path):
     """Per-sample seeding + shielding the training RNG from main-process loading (train and eval)."""
     for workers in (0, 2):
-        run(make_cfg(tmp_path / f"w{workers}", epochs=2, num_workers=workers), tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
+        run(make_cfg(tmp_path / f"w{workers}", epochs=2, num_workers=workers), tiny_model(), adapter(),
+            TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     a, b = state(tmp_path / "w0" / "last.pth"), state(tmp_path / "w2" / "last.pth")
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
@@ -384,7 +386,8 @@ def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
               torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    run(make_cfg(tmp_path, epochs=1, deterministic=True, threads=1), tiny_model(), adapter(), TaskData(NoisyBlobs(16), NoisyBlobs(8, seed=1)))
+    run(make_cfg(tmp_path, epochs=1, deterministic=True, threads=1), tiny_model(), adapter(),
+        TaskData(NoisyBlobs(16), NoisyBlobs(8, seed=1)))
     after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
@@ -411,7 +414,9 @@ class DuckTypedAdapter:
 def test_duck_typed_adapter_without_the_base_still_trains(tmp_path):
     from bixt.engine.task import TaskAdapterBase, as_task_adapter
 
-    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
+    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(),
+
+                  TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert 0.0 <= metrics["val/top1"] <= 100.0 and (tmp_path / "last.pth").is_file()
     adapted = as_task_adapter(DuckTypedAdapter())
     assert isinstance(adapted, TaskAdapterBase) and adapted.sample_name == "samples"

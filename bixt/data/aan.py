@@ -338,7 +338,8 @@ def aan_data(*, name: str, root: Optional[str], cache_dir: Optional[str], max_le
     return _task_data(load_aan(root, max_len=max_len, cache_dir=cache_dir), name)
 
 
-def embedded_retrieval_data(*, name: str, seed: int, train_size: Count, eval_size: Count, test_size: Count, max_len: Annotated[int, Range(min=1)],
+def embedded_retrieval_data(*, name: str, seed: int, train_size: Count, eval_size: Count, test_size: Count,
+                            max_len: Annotated[int, Range(min=1)],
                             min_bytes: int, max_bytes: int, num_topics: int, topics_per_doc: int,
                             topic_word_rate: float, hard_negative_rate: float, eval_only: bool = False) -> TaskData:
     """The synthetic matching set (:func:`generate_retrieval_pairs`), tokenised as the files are."""

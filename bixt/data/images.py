@@ -96,7 +96,8 @@ def embedded_image_data(*, img_size: Annotated[int, Range(min=8)],
 
 
 def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, img_size: Annotated[int, Range(min=1)],
-                      num_classes: Optional[Annotated[int, Range(min=1)]], on_bad_image: Literal["fail", "skip"], verify_val: bool, mean: Sequence[float],
+                      num_classes: Optional[Annotated[int, Range(min=1)]], on_bad_image: Literal["fail", "skip"],
+                      verify_val: bool, mean: Sequence[float],
                       std: Sequence[float], aug: Mapping[str, Any], eval_only: bool = False,
                       class_names: Optional[Sequence[str]] = None) -> TaskData:
     """ImageNet-style folders ``root/<train_split>/<class>/*`` and ``root/<val_split>/<class>/*``."""
@@ -136,7 +137,8 @@ def folder_image_data(*, root: Optional[str], train_split: str, val_split: str, 
 
 def hf_image_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any]], image_column: str,
                   label_column: str, train_split: str, val_split: str, img_size: Annotated[int, Range(min=1)],
-                  num_classes: Optional[Annotated[int, Range(min=1)]], on_bad_image: Literal["fail", "skip"], verify_val: bool, mean: Sequence[float], std: Sequence[float],
+                  num_classes: Optional[Annotated[int, Range(min=1)]], on_bad_image: Literal["fail", "skip"],
+                  verify_val: bool, mean: Sequence[float], std: Sequence[float],
                   aug: Mapping[str, Any], eval_only: bool = False,
                   class_names: Optional[Sequence[str]] = None) -> TaskData:
     """A local Hugging Face image dataset (``save_to_disk`` output or a local ``load_dataset`` folder)."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bixt.constraints import Ascending, Node, Range
+from bixt.constraints import Node, PositiveInterval, Range
 from bixt.data.builder import check_num_points
 from bixt.data.cache import default_cache_dir
 from bixt.data.errors import DataError
@@ -361,7 +361,7 @@ class PointClassificationDataset(Dataset):
         return torch.cat([pos, nrm], dim=1), self.labels[index]
 
 
-def augmentation(*, scale: Optional[Annotated[Sequence[Annotated[float, Range(min=0.0, open_min=True)]], Ascending()]] = None,
+def augmentation(*, scale: PositiveInterval = None,
                  translate: Annotated[float, Range(min=0.0)] = 0.0,
                  rotate_degrees: Annotated[float, Range(min=0.0, max=180.0)] = 0.0) -> dict[str, Any]:
     """The ``data.augment`` node: random per-axis scaling in ``[low, high]``, translation, rotation about y."""

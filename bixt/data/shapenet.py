@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Callable, Mapping, Optional, Sequence
 
-from bixt.constraints import Ascending, Node, Range
+from bixt.constraints import Node, PositiveInterval, Range
 from bixt.data.builder import check_num_points
 from bixt.data.partseg import PartSegInfo, PointCloudDataset, build_point_transform, collate_point_clouds
 from bixt.data.partseg_shapes import SYNTHETIC_INFO, make_synthetic_partseg
@@ -29,7 +29,7 @@ def _task_data(train: PointCloudDataset, val: PointCloudDataset, tests: dict[str
                     metadata={"info": info, "in_features": 3 if normals else 0})
 
 
-def augmentation(*, scale: Optional[Annotated[Sequence[Annotated[float, Range(min=0.0, open_min=True)]], Ascending()]] = None,
+def augmentation(*, scale: PositiveInterval = None,
                  jitter: Annotated[float, Range(min=0.0)] = 0.0,
                  rotate_degrees: Annotated[float, Range(min=0.0, max=180.0)] = 0.0) -> dict[str, Any]:
     """The ``data.augment`` node: random isotropic scaling in ``[low, high]``, per-point jitter, rotation about y."""

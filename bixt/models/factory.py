@@ -28,7 +28,8 @@ def encoder_kwargs(encoder: Optional[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def image_classifier(*, num_classes: Annotated[int, Range(min=0)], model_name: Optional[str] = None,
-                     img_size: Annotated[int, Range(min=1)] = 224, patch_size: Optional[Annotated[int, Range(min=1)]] = None,
+                     img_size: Annotated[int, Range(min=1)] = 224,
+                     patch_size: Optional[Annotated[int, Range(min=1)]] = None,
                      drop_path_rate: Annotated[float, Range(min=0.0, max=1.0)] = 0.0,
                      encoder: Optional[Annotated[Mapping[str, Any], Node(BiXTEncoder)]] = None,
                      pretrained: Optional[str] = None, checkpoint: Optional[str] = None, **kwargs: Any) -> nn.Module:
@@ -53,5 +54,6 @@ def image_classifier(*, num_classes: Annotated[int, Range(min=0)], model_name: O
         return timm.create_model(model_name, pretrained=bool(pretrained), num_classes=num_classes, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"unknown model.model_name={model_name!r}; BiXT models: {timm.list_models('bixt*')}") from None
+            raise ValueError(f"unknown model.model_name={model_name!r}; BiXT models: "
+                             f"{timm.list_models('bixt*')}") from None
         raise
