@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------ from config
 # The task's data builders, named by ``_target_`` in bixt/configs/imagenet/data/*.yaml (which hold
-# every default). Each returns ``(train, val, num_classes)``; ``train`` is ``None`` when
+# every default). Each returns a ``TaskData``; its ``train`` is ``None`` when
 # ``eval_only`` (nothing is read or generated for it). ``class_names`` (e.g. stored with a
 # checkpoint) fixes the labels: label i is ``class_names[i]``; a class folder (or ``ClassLabel``
 # name) not in the list is an error, a listed class missing from the data just has no samples.

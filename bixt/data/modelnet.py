@@ -376,7 +376,7 @@ Augment = Optional[Annotated[Mapping[str, Any], Node(augmentation)]]
 
 
 # The task's data builders, named by ``_target_`` in bixt/configs/modelnet40_cls/data/*.yaml (which
-# hold every default): each returns ``(train, test, classes)``.
+# hold every default): each returns a ``TaskData`` whose ``val`` is the test split.
 def solids_data(*, seed: int, train_size: Annotated[int, Range(min=0)], test_size: Annotated[int, Range(min=0)],
                 noise: Annotated[float, Range(min=0.0)], max_tilt_degrees: float,
                 num_points: Annotated[int, Range(min=1)], normals: bool, augment: Augment, eval_only: bool = False,
