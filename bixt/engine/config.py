@@ -135,7 +135,8 @@ def _typed(schema: type, node: Any, key: str):
         valid = ", ".join(f.name for f in fields(schema))
         reason = str(err.msg if hasattr(err, "msg") else err).splitlines()[0]
         name = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
-        raise ValueError(f"invalid `{name}`: {reason}; valid keys of `{key}`: {valid}") from None
+        hint = f"; valid keys of `{key}`: {valid}" if isinstance(err, ConfigKeyError) else ""
+        raise ValueError(f"invalid `{name}`: {reason}{hint}") from None
     return OmegaConf.to_object(merged)
 
 

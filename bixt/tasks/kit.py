@@ -133,8 +133,11 @@ def validate(cfg: DictConfig, nodes: Optional[Mapping[str, Callable]] = None) ->
     plain = OmegaConf.to_container(cfg, resolve=False)
     for key in _walk_keys(plain):
         refuse_renamed(key)
-    trainer_config(cfg)  # the engine's typed nodes: unknown keys, types, impossible values
-    optim_config(cfg)
+    try:  # the engine's typed nodes: unknown keys, types, impossible values
+        trainer_config(cfg)
+        optim_config(cfg)
+    except ValueError as err:
+        raise ConfigValueError(str(err)) from None
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg if k not in ("trainer", "optim") and not OmegaConf.is_missing(cfg, k)}
     for key, node in resolved.items():
