@@ -47,12 +47,14 @@ def build_listops_model(name: str, max_len: int) -> torch.nn.Module:
     from hydra import compose, initialize_config_dir
 
     import bixt.engine  # noqa: F401  (registers the trainer schema the config composes)
-    from bixt.tasks.lra_listops import build_model
+    from bixt.data.listops import NUM_CLASSES, vocabulary
+    from bixt.tasks.kit import build_model
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose("config", overrides=["experiment=listops", f"model={name}", "data.root=unused",
                                            f"data.max_len={max_len}"])
-    return build_model(cfg.model).eval()
+    return build_model(cfg.model, encoder={"vocab_size": vocabulary().vocab_size},
+                       head={"num_classes": NUM_CLASSES}).eval()
 
 
 def make_batch(batch: int, length: int, seed: int = 0) -> torch.Tensor:

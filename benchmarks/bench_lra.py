@@ -46,7 +46,7 @@ def build_retrieval_model(name: str, max_len: int) -> torch.nn.Module:
     """The task's model ``model=<name>`` for documents of ``max_len`` bytes (Hydra compose)."""
     from hydra import compose, initialize_config_dir
 
-    from bixt.tasks.lra_retrieval import build_model
+    from bixt.tasks.kit import build_model
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose("config", overrides=[f"model={name}", "data=aan", "data.root=unused", f"data.max_len={max_len}"])

@@ -152,8 +152,8 @@ def cuda_tests(timeout: float) -> dict[str, Any]:
 def torchrun_step(timeout: float, run_dir: Path) -> dict[str, Any]:
     gpus = torch.cuda.device_count()
     device = "cuda" if gpus >= 2 else "cpu"  # NCCL needs one GPU per process
-    tiny = ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
-            "model.kwargs.num_latents=8", "data.train_size=128", "data.val_size=64", "trainer.batch_size=8",
+    tiny = ["model.encoder.depth=2", "model.encoder.dim=32", "model.encoder.num_heads=2",
+            "model.encoder.num_latents=8", "data.train_size=128", "data.val_size=64", "trainer.batch_size=8",
             "trainer.progress=false", "trainer.log_every=0", "trainer.max_steps=2", f"trainer.device={device}",
             f"trainer.run_dir={run_dir}", f"hydra.run.dir={run_dir / 'hydra'}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -63,7 +63,8 @@ def ade_cfg(root: Path, **overrides) -> OmegaConf:
 
 
 def build_semseg_datasets(cfg, eval_only: bool = False):
-    return build_data(cfg, eval_only=eval_only)
+    data = build_data(cfg, eval_only=eval_only)
+    return data.train, data.val, data.class_names
 
 
 def snapshot(folder: Path) -> list[tuple[str, int, int]]:

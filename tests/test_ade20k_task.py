@@ -13,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from bixt.data.ade20k import ADE20KDataError
-from bixt.tasks.ade20k_semseg import build_model, check_sizes, train
+from bixt.tasks.ade20k_semseg import check_sizes, train
+from bixt.tasks.kit import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ade20k_data import snapshot, write_ade_folder  # noqa: E402
@@ -22,8 +23,8 @@ from task_runner import REPO, run_task_module
 CONFIG_DIR = str(REPO / "bixt" / "configs" / "ade20k_semseg")
 
 TINY_MODEL = [
-    "model.backbone_kwargs.embed_dim=32", "model.backbone_kwargs.depth=3", "model.backbone_kwargs.num_heads=2",
-    "model.backbone_kwargs.num_latents=8", "model.backbone_kwargs.patch_size=8", "model.backbone_kwargs.stride=8",
+    "model.encoder.dim=32", "model.encoder.depth=3", "model.encoder.num_heads=2",
+    "model.encoder.num_latents=8", "model.backbone_kwargs.patch_size=8", "model.backbone_kwargs.stride=8",
     "model.fpn_dim=16", "model.head_dim=16",
 ]
 TINY_ADE = ["data=ade20k", "data.num_classes=4", "data.crop_size=32", "data.scale=[64,32]",
@@ -60,7 +61,7 @@ def test_configs_compose():
         assert full.data._target_.endswith(".ade20k_data") and full.model.backbone == "bixt_ti_l64_d13_p16" and full.model.head == head
         assert full.trainer.max_steps == 80000 and full.trainer.batch_size == 16 and full.data.crop_size == 512
         assert full.trainer.epochs * -(-20210 // 16) >= 80000 and full.optim.sched == "poly"
-        assert full.data.eval_mode == "slide" and full.data.eval_stride == 341
+        assert full.eval.mode == "slide" and full.eval.stride == 341
         s8 = _compose([f"experiment=ade20k_{head}", f"model=bixt_ti_d13_p16s8_{head}", "data.root=/x"])
         assert s8.model.backbone == "bixt_ti_l64_d13_p16s8" and s8.optim.lr == 6e-5
     hf = _compose(["data=ade20k_hf", "data.path=/x"])
@@ -84,7 +85,7 @@ def test_eval_only_whole_and_slide_on_the_checkpoint(ade, linear_run):
                                       f"trainer.run_dir={run_dir}"]
     whole = train(_compose(common))
     assert whole["val/miou"] == pytest.approx(trained["val/miou"], abs=1e-6)  # the last epoch's weights again
-    slide = train(_compose(common + ["data.eval_mode=slide", "data.eval_crop=24", "data.eval_stride=16"]))
+    slide = train(_compose(common + ["eval.mode=slide", "eval.crop=24", "eval.stride=16"]))
     assert 0.0 <= slide["val/miou"] <= 1.0 and "val/iou/class_2" in slide
     # another class list than the checkpoint's is refused
     with pytest.raises(ValueError, match="the checkpoint was trained on the classes"):
@@ -105,10 +106,9 @@ def test_semfpn_head_trains_from_a_pretrained_backbone(ade, linear_run, tmp_path
 def test_real_size_models_build_with_their_strides():
     for name, stride in (("bixt_ti_d13_p16_linear", 16), ("bixt_ti_d13_p16s8_semfpn", 8)):
         cfg = _compose([f"model={name}"])
-        model = build_model(cfg.model, 150)
+        model = build_model(cfg.model, num_classes=150)
         assert model.stride == stride and model.num_classes == 150
-        data = _compose(["experiment=ade20k_linear", "data.root=/x"]).data
-        assert check_sizes(data, stride) == ((512, 512), (341, 341))
+        assert check_sizes(_compose(["experiment=ade20k_linear", "data.root=/x"]), stride) == ((512, 512), (341, 341))
 
 
 def test_crop_not_divisible_by_the_stride_is_named(ade, tmp_path):

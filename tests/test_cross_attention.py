@@ -237,7 +237,8 @@ def test_bad_variants_and_layer_kinds_are_clear_errors():
 
 
 def test_dense_consumers_refuse_iterative():
-    from bixt.heads.segmentation import PartSegmentationHead, PointSegmenter
+    from bixt.heads.part_segmentation import PartSegmentationHead
+    from bixt.models.point import PointSegmenter
     from bixt.models.segmentation import BiXTSegmenter
     from bixt.tokenizers.point import PointwiseTokenizer
 
@@ -280,7 +281,7 @@ def tiny_segmenter(**backbone_kwargs):
 
 
 def test_a_checkpoint_of_another_variant_names_the_missing_and_unexpected_keys():
-    from bixt.checkpoint import load_checkpoint
+    from bixt.weights import load_weights
 
     sequential = timm.create_model("bixt_ti_l64_p16", embed_dim=32, depth=2, num_heads=2, num_latents=8,
                                    img_size=32, num_classes=3, cross_attention="sequential")
@@ -288,7 +289,7 @@ def test_a_checkpoint_of_another_variant_names_the_missing_and_unexpected_keys()
                                       img_size=32, num_classes=3)
     with pytest.raises(RuntimeError, match=r"missing keys: .*cross\.attn\.q\.weight.*unexpected keys: "
                                            r".*cross\.attn\.rv_latents\.weight"):
-        load_checkpoint(sequential, bidirectional.state_dict())
+        load_weights(sequential, bidirectional.state_dict())
 
 
 # --------------------------------------------------------------------------- tracing and export

@@ -13,19 +13,21 @@ from PIL import Image
 
 from bixt.data.aan import AANFormatError, load_aan
 from bixt.data.builder import build_data
-from bixt.data.images import SHAPE_CLASSES, BadImageError
-from bixt.tasks.imagenet import DATA_TASK_KEYS
+from bixt.data.image_files import BadImageError
+from bixt.data.shapes import SHAPE_CLASSES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bixt" / "configs" / "imagenet"
 
 
 def data_cfg(name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(CONFIGS / "data" / f"{name}.yaml"), overrides)
+    # a data option's file also sets the loader's workers (trainer.num_workers): its data node is the builder's
+    return OmegaConf.merge(OmegaConf.load(CONFIGS / "data" / f"{name}.yaml").data, overrides)
 
 
 def build_image_datasets(cfg, img_size: int, **runtime):
     """The task's data call on a ``data`` node, at ``img_size`` px."""
-    return build_data(OmegaConf.merge(cfg, {"img_size": img_size}), task_keys=DATA_TASK_KEYS, **runtime)
+    data = build_data(OmegaConf.merge(cfg, {"img_size": img_size}), **runtime)
+    return data.train, data.val, data.num_classes
 
 
 def make_folder(root: Path, layout: dict[str, str], per_class: int = 2) -> Path:
@@ -162,7 +164,7 @@ def test_bad_val_image_is_found_when_the_data_is_built(tmp_path, caplog):
 def test_bad_image_read_in_a_dataloader_worker_keeps_its_clean_message(tmp_path):
     from torch.utils.data import DataLoader, Subset
 
-    from bixt.data.images import ImageFolderDataset
+    from bixt.data.image_files import ImageFolderDataset
 
     root = make_folder(tmp_path, {"train": "ab"}, per_class=1)
     bad = root / "train" / "b" / "broken.png"

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
+from bixt.data.task_data import TaskData
 from bixt.engine import TaskAdapter, TrainerConfig, optim_config, run, seed_everything, trainer_config
 from bixt.engine.checkpointing import atomic_save, load_training_checkpoint, resolve_resume
 from bixt.metrics.classification import TopKEvaluator
@@ -204,7 +205,8 @@ def test_resolve_resume(tmp_path):
 
 # ----------------------------------------------------------------------------- the loop
 def test_run_trains_and_writes_the_run_directory(tmp_path):
-    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+    metrics = run(make_cfg(tmp_path, epochs=5, ema=True), tiny_model(), adapter(),
+                  TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     assert metrics["epoch"] == 5 and metrics["step"] == 5 * 12
     assert metrics["val/top1"] > 80 and "val_ema/top1" in metrics and "best/top1" in metrics
     names = {p.name for p in tmp_path.iterdir()}
@@ -222,15 +224,15 @@ def test_abort_and_resume_gives_identical_weights(tmp_path, accumulate):
     """Stop dead mid-epoch (as if killed), resume from the last periodic checkpoint: same result."""
     train, val = NoisyBlobs(100), NoisyBlobs(32, seed=1)
     common = dict(epochs=3, accumulate=accumulate, ckpt_every_steps=2, ema=True)
-    run(make_cfg(tmp_path / "straight", **common), tiny_model(), adapter(), train, val)
+    run(make_cfg(tmp_path / "straight", **common), tiny_model(), adapter(), TaskData(train, val))
 
     interrupted = tmp_path / "interrupted"
     # 12 batches of 8 per epoch; die at update 9 (epoch 2 when accumulating), after the checkpoint at 8
     with pytest.raises(Killed):
-        run(make_cfg(interrupted, **common), tiny_model(), DiesAfter(9, accumulate), train, val)
+        run(make_cfg(interrupted, **common), tiny_model(), DiesAfter(9, accumulate), TaskData(train, val))
     ckpt = state(interrupted / "last.pth")
     assert ckpt["global_step"] == 8 and ckpt["step_in_epoch"] > 0  # a mid-epoch checkpoint
-    run(make_cfg(interrupted, resume=True, **common), tiny_model(), adapter(), train, val)
+    run(make_cfg(interrupted, resume=True, **common), tiny_model(), adapter(), TaskData(train, val))
 
     a, b = state(tmp_path / "straight" / "last.pth"), state(interrupted / "last.pth")
     for key in ("state_dict", "state_dict_ema"):
@@ -246,7 +248,7 @@ def test_results_do_not_depend_on_the_number_of_loader_workers(tmp_path):
     """Per-sample seeding + shielding the training RNG from main-process loading (train and eval)."""
     for workers in (0, 2):
         run(make_cfg(tmp_path / f"w{workers}", epochs=2, num_workers=workers), tiny_model(), adapter(),
-            NoisyBlobs(), NoisyBlobs(32, seed=1))
+            TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     a, b = state(tmp_path / "w0" / "last.pth"), state(tmp_path / "w2" / "last.pth")
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
@@ -261,8 +263,8 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
         c.optim = sgd
         return c
 
-    run(cfg(tmp_path / "big", batch_size=16), tiny_model(0.0), adapter(), train, val)
-    run(cfg(tmp_path / "acc", batch_size=8, accumulate=2), tiny_model(0.0), adapter(), train, val)
+    run(cfg(tmp_path / "big", batch_size=16), tiny_model(0.0), adapter(), TaskData(train, val))
+    run(cfg(tmp_path / "acc", batch_size=8, accumulate=2), tiny_model(0.0), adapter(), TaskData(train, val))
     a, b = state(tmp_path / "big" / "last.pth"), state(tmp_path / "acc" / "last.pth")
     assert a["global_step"] == b["global_step"] == 2
     for name, tensor in a["state_dict"].items():
@@ -272,10 +274,10 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
 
 
 def test_eval_only_loads_the_checkpoint_and_reports(tmp_path):
-    run(make_cfg(tmp_path / "train"), tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+    run(make_cfg(tmp_path / "train"), tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
     trained = json.loads((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()[-1])
     cfg = make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "train" / "last.pth"))
-    metrics = run(cfg, tiny_model(), adapter(), None, NoisyBlobs(32, seed=1))
+    metrics = run(cfg, tiny_model(), adapter(), TaskData(None, NoisyBlobs(32, seed=1)))
     assert metrics["val/top1"] == trained["val/top1"]
     assert not (tmp_path / "eval" / "last.pth").exists()
 
@@ -285,11 +287,11 @@ def test_non_finite_loss_stops_with_advice(tmp_path):
     with torch.no_grad():
         model[0].weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="clip_grad"):
-        run(make_cfg(tmp_path), model, adapter(), NoisyBlobs(), NoisyBlobs(32, seed=1))
+        run(make_cfg(tmp_path), model, adapter(), TaskData(NoisyBlobs(), NoisyBlobs(32, seed=1)))
 
 
 def test_a_training_set_smaller_than_a_batch_still_trains(tmp_path):
-    metrics = run(make_cfg(tmp_path, epochs=6, batch_size=64), tiny_model(), adapter(), NoisyBlobs(10), NoisyBlobs(8))
+    metrics = run(make_cfg(tmp_path, epochs=6, batch_size=64), tiny_model(), adapter(), TaskData(NoisyBlobs(10), NoisyBlobs(8)))
     assert metrics["step"] == 6  # one batch of 10 per epoch
     losses = [json.loads(line)["train/loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.7 * losses[0], losses  # it learns (without the optimizer step it stays at ~0.70)
@@ -300,7 +302,7 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     cfg.optim = {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "sched": "none",
                  "kwargs": {"nesterov": False}}
     before = [p.detach().clone() for p in tiny_model().parameters()]
-    run(cfg, tiny_model(), adapter(), NoisyBlobs(), NoisyBlobs(8))
+    run(cfg, tiny_model(), adapter(), TaskData(NoisyBlobs(), NoisyBlobs(8)))
     after = state(tmp_path / "last.pth")["state_dict"].values()
     step = torch.cat([(a - b).flatten() for a, b in zip(after, before)])
     assert 0 < step.norm() <= 0.5 * 1e-3 * (1 + 1e-4)
@@ -390,7 +392,7 @@ def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
               torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     run(make_cfg(tmp_path, epochs=1, deterministic=True, threads=1), tiny_model(), adapter(),
-        NoisyBlobs(16), NoisyBlobs(8, seed=1))
+        TaskData(NoisyBlobs(16), NoisyBlobs(8, seed=1)))
     after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
@@ -416,14 +418,14 @@ class DuckTypedAdapter:
 
 def test_an_adapter_without_the_base_is_refused_naming_it(tmp_path):
     with pytest.raises(TypeError, match=r"DuckTypedAdapter is not a bixt.engine.TaskAdapter: subclass it"):
-        run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
+        run(make_cfg(tmp_path, epochs=1), tiny_model(), DuckTypedAdapter(), TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert not tmp_path.joinpath("config.yaml").exists()
     # the same members on the base train; one missing is named when the adapter is built
     class Based(DuckTypedAdapter, TaskAdapter):
         pass
 
     based = Based
-    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), based(), NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    metrics = run(make_cfg(tmp_path, epochs=1), tiny_model(), based(), TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert metrics["step"] == 4 and based().sample_name == "samples" and based().main_metric_mode == "max"
     no_forward = type("NoForward", (TaskAdapter,), {k: v for k, v in vars(DuckTypedAdapter).items() if k != "forward"})
     with pytest.raises(TypeError, match="abstract method.*forward"):
@@ -442,7 +444,7 @@ def test_overridden_hooks_of_a_base_adapter_are_used(tmp_path):
             return batch
 
     counting = Counting()
-    run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    run(make_cfg(tmp_path, epochs=1), tiny_model(), counting, TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert counting.transformed == 4  # every training batch: 32 samples / batch 8
     assert torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["note"] == "kept"
 
@@ -470,7 +472,7 @@ def test_amp_auto_trains_in_bf16_only_where_the_cpu_has_native_bf16_gemms(tmp_pa
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: probe)
     spy = DtypeSpy()
     with caplog.at_level("INFO", logger="bixt.engine"):
-        run(make_cfg(tmp_path, epochs=1, max_steps=2), tiny_model(), spy, NoisyBlobs(32), NoisyBlobs(8, seed=1))
+        run(make_cfg(tmp_path, epochs=1, max_steps=2), tiny_model(), spy, TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1)))
     assert spy.dtypes == {dtype} and line in caplog.text
 
 
@@ -479,8 +481,8 @@ def test_forced_bf16_on_a_cpu_without_native_bf16_warns_once(tmp_path, monkeypat
 
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "AVX2"))
     with caplog.at_level("INFO", logger="bixt.engine"):
-        run(make_cfg(tmp_path, epochs=1, max_steps=3, amp="bf16"), tiny_model(), adapter(), NoisyBlobs(32),
-            NoisyBlobs(8, seed=1))
+        run(make_cfg(tmp_path, epochs=1, max_steps=3, amp="bf16"), tiny_model(), adapter(), TaskData(NoisyBlobs(32),
+            NoisyBlobs(8, seed=1)))
     slower = [r for r in caplog.records if "slower than fp32" in r.getMessage()]
     assert len(slower) == 1 and slower[0].levelname == "WARNING" and "(AVX2)" in slower[0].getMessage()
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (True, "AVX-512 BF16"))

@@ -19,14 +19,16 @@ from PIL import Image
 
 import bixt  # noqa: F401
 from bixt.data.builder import build_data
-from bixt.data.images import BadImageError, HFImageDataset, ImageFolderDataset, ShapesDataset, generate_shapes
-from bixt.tasks.imagenet import DATA_TASK_KEYS, check_required
+from bixt.data.image_files import BadImageError, HFImageDataset, ImageFolderDataset
+from bixt.data.shapes import ShapesDataset, generate_shapes
+from bixt.data.task_data import TaskData
+from bixt.tasks.kit import check_required
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bixt" / "configs" / "imagenet"
 # a tiny BiXT and a tiny slice of the embedded data: each run takes seconds
-TINY = ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
-        "model.kwargs.num_latents=8", "data.train_size=128", "data.val_size=64", "trainer.batch_size=16",
+TINY = ["model.encoder.depth=2", "model.encoder.dim=32", "model.encoder.num_heads=2",
+        "model.encoder.num_latents=8", "data.train_size=128", "data.val_size=64", "trainer.batch_size=16",
         "trainer.progress=false", "trainer.log_every=0"]
 
 
@@ -119,7 +121,8 @@ def test_hf_dataset_from_disk(tmp_path):
                                "validation": datasets.Dataset.from_dict(split(3), features=features)})
     dd.save_to_disk(str(tmp_path / "hf"))
     cfg = compose("data=hf", f"data.path={tmp_path / 'hf'}", "data.img_size=32").data
-    train, val, num_classes = build_data(cfg, task_keys=DATA_TASK_KEYS)
+    data = build_data(cfg)
+    train, val, num_classes = data.train, data.val, data.num_classes
     assert num_classes == 3 and len(train) == 6 and len(val) == 3
     img, label = val[1]
     assert img.shape == (3, 32, 32) and label == 1
@@ -136,17 +139,17 @@ def test_official_recipe_and_ft384_presets_compose():
 
     cfg = compose("experiment=bixt_ti_l64_p16_in1k", "data.root=/data/imagenet")
     ocfg, tcfg = optim_config(cfg), trainer_config(cfg)
-    assert cfg.model.name == "bixt_ti_l64_p16" and cfg.data.img_size == 224
+    assert cfg.model.model_name == "bixt_ti_l64_p16" and cfg.data.img_size == 224
     assert cfg.data._target_ == "bixt.data.images.folder_image_data"
     assert (ocfg.name, ocfg.eps, ocfg.weight_decay, ocfg.min_lr, ocfg.warmup_lr) == ("lambc", 1e-8, 0.05, 1e-5, 1e-6)
     assert ocfg.sched == "cosine" and ocfg.sched_on_epochs and ocfg.warmup_epochs == 5 and tcfg.epochs == 800
     assert scaled_lr(ocfg, 1024) == pytest.approx(2.5e-3) and scaled_lr(ocfg, 4096) == pytest.approx(5e-3)
-    assert cfg.loss.name == "bce" and cfg.data.mixup.mixup_alpha == 0.8 and cfg.data.mixup.cutmix_alpha == 1.0
+    assert cfg.loss.name == "bce" and cfg.mixup.mixup_alpha == 0.8 and cfg.mixup.cutmix_alpha == 1.0
     assert cfg.data.aug.auto_augment == "3a" and cfg.data.aug.color_jitter == 0.3 and cfg.data.aug.re_prob == 0
     assert tcfg.clip_grad is None
 
     ft = compose("experiment=bixt_ti_l64_p16_ft384", "data.root=/data/imagenet", "finetune_from=/w/best.pth")
-    assert ft.model.name == "bixt_ti_l64_p16_ft384" and ft.data.img_size == 384 and ft.model.drop_path_rate == 0.05
+    assert ft.model.model_name == "bixt_ti_l64_p16_ft384" and ft.data.img_size == 384 and ft.model.drop_path_rate == 0.05
     assert trainer_config(ft).checkpoint == "/w/best.pth" and trainer_config(ft).epochs == 30
     assert optim_config(ft).lr == 2.5e-5 and optim_config(ft).warmup_epochs == 0
     with pytest.raises(ValueError, match="finetune_from"):
@@ -169,7 +172,7 @@ def test_train_then_evaluate_and_load_with_timm(tmp_path):
     assert {"config.yaml", "metrics.jsonl", "metrics.csv", "last.pth", "best.pth"} <= {p.name for p in run_dir.iterdir()}
     final = records(run_dir)[-1]
     assert final["epoch"] == 2 and {"val/top1", "val/top5", "train/loss", "lr"} <= set(final)
-    assert OmegaConf.load(run_dir / "config.yaml").model.kwargs.depth == 2
+    assert OmegaConf.load(run_dir / "config.yaml").model.encoder.depth == 2
 
     # eval_only with model.checkpoint reproduces the last epoch's validation numbers
     ckpt = run_dir / "last.pth"
@@ -211,7 +214,7 @@ def test_eval_only_of_an_official_training_checkpoint(tmp_path):
                                         "run_dir": str(tmp_path / "eval"), "num_workers": 0, "batch_size": 2,
                                         "progress": False}, "optim": {}})
     model = timm.create_model(golden["name"], **golden["kwargs"])
-    metrics = run(cfg, model, ClassificationAdapter(10), None, TensorDataset(golden["input"], labels))
+    metrics = run(cfg, model, ClassificationAdapter(10), TaskData(None, TensorDataset(golden["input"], labels)))
     assert metrics["val/top1"] == 100.0
     expected = torch.nn.functional.cross_entropy(golden["logits"].double(), labels).item()
     assert metrics["val/loss"] == pytest.approx(expected, abs=1e-4)
@@ -229,7 +232,7 @@ def test_folder_data_trains_and_bad_images_are_named(tmp_path):
     final = records(tmp_path / "run")[-1]
     assert final["epoch"] == 1 and 0 <= final["val/top1"] <= 100 and "val/top5" not in final  # 3 classes
 
-    failed = task(*folder, "data.num_workers=1", "data.img_size=32", f"trainer.run_dir={tmp_path / 'fail'}",
+    failed = task(*folder, "trainer.num_workers=1", "data.img_size=32", f"trainer.run_dir={tmp_path / 'fail'}",
                   cwd=tmp_path, check=False)
     assert failed.returncode != 0
     assert "zz_truncated.png" in failed.stderr and "on_bad_image=skip" in failed.stderr
@@ -289,7 +292,8 @@ def test_two_process_ddp_step_equals_single_process(tmp_path):
 
 
 def test_eval_only_class_order_from_folder_names_matches_the_training_reader(tmp_path):
-    from bixt.data.images import ImageFolderDataset, folder_class_to_idx
+    from bixt.data.image_files import ImageFolderDataset
+    from bixt.data.images import folder_class_to_idx
 
     for name in ("n10", "n2", "b", "A", "n1"):
         (tmp_path / name).mkdir()
@@ -301,9 +305,9 @@ def test_eval_only_class_order_from_folder_names_matches_the_training_reader(tmp
 
 # ----------------------------------------------------------------------------- classes travel in checkpoints
 def folder_overrides(root: Path) -> list[str]:
-    return ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
-            "model.kwargs.num_latents=8", "trainer.batch_size=6", "trainer.progress=false", "trainer.log_every=0",
-            "data=folder", f"data.root={root}", "data.img_size=32", "data.num_workers=0"]
+    return ["model.encoder.depth=2", "model.encoder.dim=32", "model.encoder.num_heads=2",
+            "model.encoder.num_latents=8", "trainer.batch_size=6", "trainer.progress=false", "trainer.log_every=0",
+            "data=folder", f"data.root={root}", "data.img_size=32", "trainer.num_workers=0"]
 
 
 def spy_on_run(monkeypatch, call_through: bool = True) -> dict:
@@ -311,13 +315,13 @@ def spy_on_run(monkeypatch, call_through: bool = True) -> dict:
     import bixt.tasks.imagenet as imagenet_task
 
     seen: dict = {}
-    real = imagenet_task.run
+    real = imagenet_task.kit.run
 
-    def spy(cfg, model, adapter, train_set, val_set, **kw):
-        seen.update(train=train_set, val=val_set, adapter=adapter)
-        return real(cfg, model, adapter, train_set, val_set, **kw) if call_through else {}
+    def spy(cfg, model, adapter, data, start=None):
+        seen.update(train=data.train, val=data.val, adapter=adapter, start=start)
+        return real(cfg, model, adapter, data, start=start) if call_through else {}
 
-    monkeypatch.setattr(imagenet_task, "run", spy)
+    monkeypatch.setattr(imagenet_task.kit, "run", spy)
     return seen
 
 
@@ -325,11 +329,11 @@ def test_checkpoints_carry_the_classes_and_evaluation_labels_by_them(tmp_path, m
     """Folder data: the training classes go into every checkpoint; evaluating it on a val folder that
     lacks a class (and has no train/) labels the others by the checkpoint's list, not by the folders
     present (which would shift every label after the missing one)."""
-    from bixt.tasks.imagenet import train_imagenet
+    from bixt.tasks.imagenet import train
 
     root = make_image_folder(tmp_path / "imagenet")
     run_dir = tmp_path / "run"
-    train_imagenet(compose(*folder_overrides(root), "trainer.epochs=1", f"trainer.run_dir={run_dir}"))
+    train(compose(*folder_overrides(root), "trainer.epochs=1", f"trainer.run_dir={run_dir}"))
     for name in ("last.pth", "best.pth"):
         assert torch.load(run_dir / name, weights_only=True)["classes"] == ["ant", "bee", "cat"]
 
@@ -338,7 +342,7 @@ def test_checkpoints_carry_the_classes_and_evaluation_labels_by_them(tmp_path, m
         (partial / "val").mkdir(parents=True, exist_ok=True)
         os.symlink(root / "val" / name, partial / "val" / name)
     seen = spy_on_run(monkeypatch)
-    metrics = train_imagenet(compose(*folder_overrides(partial), "eval_only=true",
+    metrics = train(compose(*folder_overrides(partial), "eval_only=true",
                                      f"model.checkpoint={run_dir / 'last.pth'}", f"trainer.run_dir={tmp_path / 'eval'}"))
     assert seen["val"].classes == ["ant", "bee", "cat"]
     assert sorted({label for _, label in seen["val"].samples}) == [1, 2]
@@ -348,14 +352,14 @@ def test_checkpoints_carry_the_classes_and_evaluation_labels_by_them(tmp_path, m
 def test_eval_only_of_a_run_through_the_task_leaves_the_run_alone(tmp_path):
     """`eval_only=true resume=true trainer.run_dir=RUN`: the run's weights (not random ones), and no
     write into RUN's config.yaml or metrics."""
-    from bixt.tasks.imagenet import train_imagenet
+    from bixt.tasks.imagenet import train
 
     run_dir = tmp_path / "run"
     tiny = [*TINY, "data.train_size=64", "data.val_size=32"]
-    train_imagenet(compose(*tiny, "trainer.epochs=1", f"trainer.run_dir={run_dir}"))
+    train(compose(*tiny, "trainer.epochs=1", f"trainer.run_dir={run_dir}"))
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     trained = records(run_dir)[-1]
-    metrics = train_imagenet(compose(*tiny, "eval_only=true", "resume=true", f"trainer.run_dir={run_dir}"))
+    metrics = train(compose(*tiny, "eval_only=true", "resume=true", f"trainer.run_dir={run_dir}"))
     assert metrics["val/top1"] == trained["val/top1"]
     assert metrics["val/loss"] == pytest.approx(trained["val/loss"], rel=1e-6)  # random weights would differ
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
@@ -363,13 +367,14 @@ def test_eval_only_of_a_run_through_the_task_leaves_the_run_alone(tmp_path):
 
 
 def test_eval_only_of_weights_without_classes_and_no_train_folder_says_what_to_do(tmp_path, monkeypatch, caplog):
-    from bixt.tasks.imagenet import train_imagenet
+    from bixt.tasks.imagenet import train
 
     root = make_image_folder(tmp_path / "imagenet")
     shutil.rmtree(root / "train")
     torch.save({"state_dict": {"head.weight": torch.zeros(3, 32)}}, tmp_path / "official.pth")  # no class list
     spy_on_run(monkeypatch, call_through=False)
-    with caplog.at_level("WARNING", logger="bixt.tasks.imagenet"):
-        train_imagenet(compose(*folder_overrides(root), "eval_only=true",
-                               f"model.checkpoint={tmp_path / 'official.pth'}"))
-    assert "official.pth stores no class list" in caplog.text and "empty folders suffice" in caplog.text
+    with caplog.at_level("WARNING", logger="bixt.data"):
+        train(compose(*folder_overrides(root), "eval_only=true",
+                      f"model.checkpoint={tmp_path / 'official.pth'}"))
+    assert "without a class list" in caplog.text and "empty folders suffice" in caplog.text
+    assert caplog.text.count("labels follow the class folders") == 1  # once per run, not from task and data both

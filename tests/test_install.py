@@ -30,13 +30,13 @@ pytestmark = pytest.mark.e2e
 TASKS = {
     "imagenet": (
         ["data: embedded, folder, hf", "experiment: bixt_ti_l64_p16_ft384, bixt_ti_l64_p16_in1k", "eval_only=true"],
-        ["model.kwargs.depth=2", "model.kwargs.embed_dim=32", "model.kwargs.num_heads=2",
-         "model.kwargs.num_latents=8", "data.train_size=64", "data.val_size=32", "trainer.batch_size=16",
+        ["model.encoder.depth=2", "model.encoder.dim=32", "model.encoder.num_heads=2",
+         "model.encoder.num_latents=8", "data.train_size=64", "data.val_size=32", "trainer.batch_size=16",
          "trainer.epochs=1", "trainer.progress=false", "trainer.log_every=0"],
     ),
     "shapenet_partseg": (
         ["data: shapenetpart, synthetic", "model: bixt_point_naive, bixt_point_small, bixt_point_tiny"],
-        ["model.dim=32", "model.tokenizer.num_groups=16", "model.tokenizer.group_size=8",
+        ["model.encoder.dim=32", "model.tokenizer.num_groups=16", "model.tokenizer.group_size=8",
          "model.tokenizer.hidden=16", "model.encoder.depth=2", "model.encoder.num_heads=2",
          "model.encoder.num_latents=8", "model.head.hidden=32", "model.head.category_dim=8",
          "model.head.point_dim=8", "trainer.epochs=1", "trainer.batch_size=8", "trainer.log_every=0",
@@ -44,28 +44,28 @@ TASKS = {
     ),
     "lra_retrieval": (
         ["data: aan, embedded", "model: bixt, bixt_tiny, transformer, transformer_tiny"],
-        ["model.dim=32", "model.document_encoder.depth=2", "model.document_encoder.num_heads=2",
+        ["model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
          "model.head.hidden_dims=[16]", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_batch_size=8",
          "trainer.log_every=0", "data.train_size=16", "data.eval_size=8", "data.test_size=8",
          "data.min_bytes=100", "data.max_bytes=200"],
     ),
     "modelnet40_cls": (
         ["data: modelnet40, solids", "model: bixt_point, bixt_point_naive, bixt_point_small"],
-        ["model.dim=32", "model.tokenizer.hidden=16", "model.encoder.depth=2", "model.encoder.num_heads=2",
+        ["model.encoder.dim=32", "model.tokenizer.hidden=16", "model.encoder.depth=2", "model.encoder.num_heads=2",
          "model.encoder.num_latents=8", "model.tokenizer.num_groups=8", "model.tokenizer.group_size=8",
          "trainer.epochs=1", "trainer.batch_size=8", "trainer.log_every=0", "data.train_size=20",
          "data.test_size=10", "data.num_points=32"],
     ),
     "lra_listops": (
         ["data: embedded, listops", "model: bixt, bixt_tiny, transformer, transformer_tiny"],
-        ["model.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2", "trainer.epochs=1",
+        ["model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2", "trainer.epochs=1",
          "trainer.batch_size=4", "trainer.eval_batch_size=8", "trainer.log_every=0", "data.train_size=16",
          "data.val_size=8", "data.test_size=8"],
     ),
     "ade20k_semseg": (
         ["data: ade20k, ade20k_hf, scenes", "experiment: ade20k_linear, ade20k_semfpn"],
-        ["model.backbone_kwargs.embed_dim=32", "model.backbone_kwargs.depth=3", "model.backbone_kwargs.num_heads=2",
-         "model.backbone_kwargs.num_latents=8", "data.train_size=16", "data.val_size=8", "trainer.epochs=1",
+        ["model.encoder.dim=32", "model.encoder.depth=3", "model.encoder.num_heads=2",
+         "model.encoder.num_latents=8", "data.train_size=16", "data.val_size=8", "trainer.epochs=1",
          "trainer.batch_size=8", "trainer.log_every=0"],
     ),
 }
@@ -143,7 +143,7 @@ def test_the_installed_copy_is_imported(target, started):
     out = started["import"][1].result().stdout
     path, composed = out.split("\n", 1)
     assert Path(path).resolve().is_relative_to(target.resolve()), out
-    assert OmegaConf.create(composed).model.name == "bixt_ti_l64_p16", out
+    assert OmegaConf.create(composed).model.model_name == "bixt_ti_l64_p16", out
 
 
 @pytest.mark.parametrize("task", list(TASKS))

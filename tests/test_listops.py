@@ -179,7 +179,7 @@ def test_collate_pads_to_the_longest_and_model_masks_padding():
 
 
 # ---------------------------------------------------------------------------------------- task
-TINY = ["model.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2", "trainer.epochs=1",
+TINY = ["model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2", "trainer.epochs=1",
         "trainer.batch_size=4", "trainer.eval_batch_size=8", "trainer.log_every=0"]
 
 
@@ -238,7 +238,8 @@ def test_shortcuts_and_lra_scale_configs():
     import bixt.engine  # noqa: F401  (registers trainer/default)
     from bixt.baselines.transformer import TransformerDocumentEncoder
     from bixt.models.text import BiXTSequenceEncoder
-    from bixt.tasks.lra_listops import build_model
+    from bixt.data.listops import vocabulary
+    from bixt.tasks.kit import build_model
 
     with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "lra_listops"), version_base=None):
         cfg = compose("config", overrides=["eval_only=true", "resume=true", "trainer.run_dir=/runs/x"])
@@ -246,9 +247,10 @@ def test_shortcuts_and_lra_scale_configs():
         tf_cfg = compose("config", overrides=["experiment=listops", "model=transformer", "data.root=unused"])
     assert cfg.trainer.eval_only is True and cfg.trainer.resume is True
     assert bixt_cfg.data.name == "listops" and bixt_cfg.data.max_len == 2000
-    bixt = build_model(bixt_cfg.model).encoder
+    runtime = dict(encoder={"vocab_size": vocabulary(keep_parens=False).vocab_size}, head={"num_classes": 10})
+    bixt = build_model(bixt_cfg.model, **runtime).encoder
     assert isinstance(bixt, BiXTSequenceEncoder) and bixt.embed.max_len == 2000 and bixt.embed.vocab_size == 18
-    transformer = build_model(tf_cfg.model).encoder
+    transformer = build_model(tf_cfg.model, **runtime).encoder
     assert isinstance(transformer, TransformerDocumentEncoder) and len(transformer.blocks) == 4
 
 

@@ -162,7 +162,7 @@ def test_generator_label_needs_the_whole_of_both_documents():
 
 # ---------------------------------------------------------------------------------------- task
 TINY = [
-    "model.dim=32", "model.document_encoder.depth=2", "model.document_encoder.num_heads=2",
+    "model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
     "model.head.hidden_dims=[16]", "trainer.epochs=1", "trainer.batch_size=4", "trainer.eval_batch_size=8",
     "trainer.log_every=0",
 ]
@@ -231,8 +231,8 @@ def test_lra_scale_configs_match_the_lra_baseline():
     from hydra import compose, initialize_config_dir
 
     from bixt.baselines.transformer import TransformerDocumentEncoder
-    from bixt.heads.retrieval import BiXTDocumentEncoder
-    from bixt.tasks.lra_retrieval import build_model
+    from bixt.models.text import BiXTSequenceEncoder
+    from bixt.tasks.kit import build_model
 
     with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "lra_retrieval"), version_base=None):
         bixt_cfg = compose("config", overrides=["experiment=aan", "data.root=unused"])
@@ -244,7 +244,7 @@ def test_lra_scale_configs_match_the_lra_baseline():
     block = transformer.blocks[0]
     assert transformer.dim == 128 and block.attn.num_heads == 4 and block.mlp.fc1.out_features == 512
     bixt = build_model(bixt_cfg.model).document_encoder
-    assert isinstance(bixt, BiXTDocumentEncoder) and len(bixt.encoder.blocks) == 4
+    assert isinstance(bixt, BiXTSequenceEncoder) and len(bixt.encoder.blocks) == 4
     assert bixt.dim == 128 and bixt.encoder.num_latents == 32 and bixt.embed.max_len == 4000
 
 

@@ -11,13 +11,14 @@ from hydra import compose, initialize_config_dir
 
 from bixt.data.modelnet import (SOLID_CLASSES, ModelNetDataError, PointClassificationDataset,
                                 load_modelnet40, make_solids, read_shape_file)
-from bixt.tasks.modelnet40_cls import build_model, train
+from bixt.tasks.kit import build_model
+from bixt.tasks.modelnet40_cls import train
 from task_runner import REPO, run_task_module
 
 CONFIG_DIR = str(REPO / "bixt" / "configs" / "modelnet40_cls")
 
 TINY_ENCODER = [
-    "model.dim=32", "model.tokenizer.hidden=16", "model.encoder.depth=2", "model.encoder.num_heads=2",
+    "model.encoder.dim=32", "model.tokenizer.hidden=16", "model.encoder.depth=2", "model.encoder.num_heads=2",
     "model.encoder.num_latents=8", "trainer.epochs=1", "trainer.batch_size=8", "trainer.log_every=0",
 ]
 TINY = TINY_ENCODER + ["model.tokenizer.num_groups=8", "model.tokenizer.group_size=8"]
@@ -149,7 +150,7 @@ def test_model_choices_build_and_run():
     for model in ("bixt_point", "bixt_point_naive"):
         cfg = _compose([f"model={model}"] + (TINY if model == "bixt_point" else TINY_ENCODER))
         for in_features in (0, 3):
-            net = build_model(cfg.model, 5, in_features)
+            net = build_model(cfg.model, tokenizer={"in_features": in_features}, head={"num_classes": 5})
             out = net(torch.randn(2, 32, 3 + in_features))
             assert out.shape == (2, 5)
     cfg = _compose([])

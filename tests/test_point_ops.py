@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from bixt.heads.segmentation import PartSegmentationHead, PointSegmenter, interpolate_to_points
+from bixt.heads.part_segmentation import PartSegmentationHead, interpolate_to_points
+from bixt.models.point import PointSegmenter
 from bixt.tokenizers.point import (
     PointGroupTokenizer,
     PointwiseTokenizer,

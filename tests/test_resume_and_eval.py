@@ -19,6 +19,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import TensorDataset
 
 from bixt.data.errors import data_errors_exit
+from bixt.data.task_data import TaskData
 from bixt.engine import run, start_checkpoint, trainer_config
 from bixt.engine import run_dir as run_dir_mod
 from bixt.engine.checkpointing import atomic_save
@@ -31,7 +32,7 @@ TRAIN, VAL = NoisyBlobs(96), NoisyBlobs(32, seed=1)  # 12 updates per epoch at b
 
 
 def train(run_dir, **trainer):
-    return run(make_cfg(run_dir, **trainer), tiny_model(), adapter(), TRAIN, VAL)
+    return run(make_cfg(run_dir, **trainer), tiny_model(), adapter(), TaskData(TRAIN, VAL))
 
 
 def lrs(run_dir) -> list[float]:
@@ -73,7 +74,7 @@ def test_resume_with_another_batch_size_keeps_the_position_in_epochs(tmp_path):
 def test_mid_epoch_resume_with_another_batch_size_maps_the_samples_or_refuses(tmp_path):
     common = dict(epochs=2, ckpt_every_steps=2)
     with pytest.raises(Killed):
-        run(make_cfg(tmp_path / "run", **common), tiny_model(), DiesAfter(9), TRAIN, VAL)
+        run(make_cfg(tmp_path / "run", **common), tiny_model(), DiesAfter(9), TaskData(TRAIN, VAL))
     ckpt = state(tmp_path / "run" / "last.pth")
     assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (0, 8)  # 64 of the epoch's 96 samples used
     before = snapshot(tmp_path / "run")
@@ -91,9 +92,9 @@ def test_resume_with_another_lr_trains_at_that_lr(tmp_path):
         c.optim.lr = lr
         return c
 
-    run(cfg(tmp_path / "fresh", 0.5, epochs=4), tiny_model(), adapter(), TRAIN, VAL)
-    run(cfg(tmp_path / "run", 5e-2, epochs=4, max_steps=24), tiny_model(), adapter(), TRAIN, VAL)
-    run(cfg(tmp_path / "run", 0.5, epochs=4, resume=True), tiny_model(), adapter(), TRAIN, VAL)
+    run(cfg(tmp_path / "fresh", 0.5, epochs=4), tiny_model(), adapter(), TaskData(TRAIN, VAL))
+    run(cfg(tmp_path / "run", 5e-2, epochs=4, max_steps=24), tiny_model(), adapter(), TaskData(TRAIN, VAL))
+    run(cfg(tmp_path / "run", 0.5, epochs=4, resume=True), tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert lrs(tmp_path / "run")[2] == pytest.approx(lrs(tmp_path / "fresh")[2], rel=1e-9)
     assert lrs(tmp_path / "run")[2] > 0.05
     losses = [r["train/loss"] for r in records(tmp_path / "run")]
@@ -108,11 +109,11 @@ def test_resume_with_another_optimizer_is_refused_naming_optim_name(tmp_path):
     cfg = make_cfg(tmp_path / "run", epochs=2, resume=True)
     cfg.optim.name = "sgd"
     with pytest.raises(ValueError, match=r"optim.name='sgd'.*optim.name='adamw'.*trainer.checkpoint=PATH"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     cfg.optim.name = "adamw"
     cfg.optim.filter_bias_and_bn = False  # one parameter group instead of two
     with pytest.raises(ValueError, match="optim.filter_bias_and_bn True -> False"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert snapshot(tmp_path / "run") == before
 
 
@@ -127,10 +128,10 @@ def test_resume_with_the_same_settings_logs_no_changes(tmp_path, caplog):
 def test_eval_only_of_a_run_evaluates_its_checkpoint_and_leaves_its_files_alone(tmp_path):
     run_dir = tmp_path / "run"
     fixed = TensorDataset(VAL.x, VAL.y)  # no random jitter: the same numbers whenever it is evaluated
-    run(make_cfg(run_dir, epochs=2), tiny_model(), adapter(), TRAIN, fixed)
+    run(make_cfg(run_dir, epochs=2), tiny_model(), adapter(), TaskData(TRAIN, fixed))
     before, trained = snapshot(run_dir), records(run_dir)[-1]
     cfg = make_cfg(run_dir, eval_only=True, resume=True)
-    metrics = run(cfg, tiny_model(), adapter(), None, fixed)
+    metrics = run(cfg, tiny_model(), adapter(), TaskData(None, fixed))
     assert metrics["val/top1"] == trained["val/top1"] and metrics["val/loss"] == pytest.approx(trained["val/loss"])
     assert snapshot(run_dir) == before
     (evaluation,) = (run_dir / "eval").iterdir()
@@ -139,7 +140,7 @@ def test_eval_only_of_a_run_evaluates_its_checkpoint_and_leaves_its_files_alone(
 
     other = make_cfg(run_dir, eval_only=True, resume=True, checkpoint=str(tmp_path / "other.pth"))
     with pytest.raises(ValueError, match="two checkpoints"):
-        run(other, tiny_model(), adapter(), None, fixed)
+        run(other, tiny_model(), adapter(), TaskData(None, fixed))
 
 
 # ----------------------------------------------------------------------------- non-strict loading
@@ -165,7 +166,7 @@ def test_non_strict_loading_strips_wrapper_prefixes_and_refuses_to_load_nothing(
     # and through the engine (trainer.checkpoint_strict=false)
     with pytest.raises(RuntimeError, match="none of its 1 tensors"):
         run(make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "foreign.pth"),
-                     checkpoint_strict=False), tiny_model(), adapter(), None, VAL)
+                     checkpoint_strict=False), tiny_model(), adapter(), TaskData(None, VAL))
 
 
 def test_non_strict_partial_load_reports_what_it_loaded(tmp_path, caplog):
@@ -173,14 +174,14 @@ def test_non_strict_partial_load_reports_what_it_loaded(tmp_path, caplog):
     torch.save(partial, tmp_path / "partial.pth")
     with caplog.at_level(logging.WARNING):
         run(make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "partial.pth"),
-                     checkpoint_strict=False), tiny_model(), adapter(), None, VAL)
+                     checkpoint_strict=False), tiny_model(), adapter(), TaskData(None, VAL))
     assert "2 of 4 model tensors" in caplog.text and "2 not in the checkpoint" in caplog.text
     assert "non-strict load" in caplog.text
 
 
 # ----------------------------------------------------------------------------- task extras
 def test_checkpoints_carry_the_adapters_class_names(tmp_path):
-    run(make_cfg(tmp_path, epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TRAIN, VAL)
+    run(make_cfg(tmp_path, epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TaskData(TRAIN, VAL))
     assert state(tmp_path / "last.pth")["classes"] == ["neg", "pos"]
     assert state(tmp_path / "best.pth")["classes"] == ["neg", "pos"]
 
@@ -271,11 +272,11 @@ def test_impossible_trainer_settings_fail_naming_the_key(key, value):
 def test_impossible_settings_fail_before_anything_is_written(tmp_path):
     cfg = make_cfg(tmp_path / "run", epochs=0)
     with pytest.raises(ValueError, match=r"trainer\.epochs=0"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     cfg = make_cfg(tmp_path / "run")
     cfg.optim.lr = -1.0
     with pytest.raises(ValueError, match=r"optim\.lr=-1\.0"):
-        run(cfg, tiny_model(), adapter(), TRAIN, VAL)
+        run(cfg, tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert not (tmp_path / "run").exists()
 
 
@@ -316,11 +317,11 @@ def test_a_run_directory_in_use_is_refused_naming_the_process_and_a_dead_ones_lo
 
 def test_eval_only_in_a_run_directory_without_resume_evaluates_its_last_checkpoint(tmp_path, caplog, monkeypatch):
     fixed = TensorDataset(VAL.x, VAL.y)
-    run(make_cfg(tmp_path, epochs=2), tiny_model(), adapter(), TRAIN, fixed)
+    run(make_cfg(tmp_path, epochs=2), tiny_model(), adapter(), TaskData(TRAIN, fixed))
     before, trained = snapshot(tmp_path), records(tmp_path)[-1]
     monkeypatch.setattr(run_dir_mod, "_stamp", lambda: "same-second")
     with caplog.at_level(logging.INFO, logger="bixt.engine"):
-        metrics = [run(make_cfg(tmp_path, eval_only=True), tiny_model(), adapter(), None, fixed) for _ in range(2)]
+        metrics = [run(make_cfg(tmp_path, eval_only=True), tiny_model(), adapter(), TaskData(None, fixed)) for _ in range(2)]
     assert metrics[0]["val/top1"] == metrics[1]["val/top1"] == trained["val/top1"]  # not random weights
     assert "evaluating its last.pth" in caplog.text and "model as built" not in caplog.text
     assert snapshot(tmp_path) == before
@@ -359,7 +360,7 @@ def test_outside_hydra_the_default_run_directory_is_never_shared(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(run_dir_mod, "_stamp", lambda: "same-second")
     for _ in range(2):
-        run(make_cfg(None, epochs=1), tiny_model(), adapter(), TRAIN, VAL)
+        run(make_cfg(None, epochs=1), tiny_model(), adapter(), TaskData(TRAIN, VAL))
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same-second", "same-second-2"]
 
 
@@ -367,10 +368,10 @@ def test_logs_and_metrics_number_epochs_alike(tmp_path, caplog):
     """Epochs count from 1 in every log line and in metrics.jsonl; a checkpoint's position is
     "end of epoch N" or "epoch N, after K of its updates"."""
     with pytest.raises(Killed):
-        run(make_cfg(tmp_path, epochs=2, ckpt_every_steps=4), tiny_model(), DiesAfter(6), TRAIN, VAL)
+        run(make_cfg(tmp_path, epochs=2, ckpt_every_steps=4), tiny_model(), DiesAfter(6), TaskData(TRAIN, VAL))
     with caplog.at_level(logging.INFO, logger="bixt.engine"):
         metrics = run(make_cfg(tmp_path, epochs=2, ckpt_every_steps=4, resume=True), tiny_model(), adapter(),
-                      TRAIN, VAL, test_sets={"t": VAL})
+                      TaskData(TRAIN, VAL, tests={"t": VAL}))
     assert "at epoch 1, after 4 of its updates (global step 4)" in caplog.text
     assert [r["epoch"] for r in records(tmp_path) if "epoch" in r] == [1, 2]
     best_epoch = 1 + [r["val/top1"] for r in records(tmp_path) if "epoch" in r].index(metrics["best/top1"])
@@ -392,7 +393,7 @@ def torch_loads(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["eval", "resume", "weights"])
 def test_the_start_checkpoint_is_read_once_and_hands_its_class_names_to_the_task(tmp_path, torch_loads, mode):
-    run(make_cfg(tmp_path / "run", epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TRAIN, VAL)
+    run(make_cfg(tmp_path / "run", epochs=1), tiny_model(), ClassificationAdapter(2, classes=["neg", "pos"]), TaskData(TRAIN, VAL))
     last = tmp_path / "run" / "last.pth"
     trainer = {"eval": dict(eval_only=True, resume=True), "resume": dict(resume=True, epochs=2),
                "weights": dict(checkpoint=str(last), run_dir=str(tmp_path / "finetune"))}[mode]
@@ -401,7 +402,7 @@ def test_the_start_checkpoint_is_read_once_and_hands_its_class_names_to_the_task
     start = start_checkpoint(cfg)
     assert (start.path, start.kind, start.classes) == (last, mode, ["neg", "pos"])
     assert start.binds_labels == (mode != "weights") and start.metadata == {"classes": ["neg", "pos"]}
-    metrics = run(cfg, tiny_model(), ClassificationAdapter(2, classes=start.classes), TRAIN, VAL, start=start)
+    metrics = run(cfg, tiny_model(), ClassificationAdapter(2, classes=start.classes), TaskData(TRAIN, VAL), start=start)
     assert torch_loads == [str(last)]  # the task's read is the engine's
     assert "val/top1" in metrics if mode == "eval" else metrics["epoch"] == 2
     with pytest.raises(RuntimeError, match="already used by a run"):
@@ -413,7 +414,7 @@ def test_a_start_checkpoint_of_another_config_is_refused(tmp_path):
     start = start_checkpoint(make_cfg(tmp_path / "run", resume=True, epochs=2))
     with pytest.raises(ValueError, match=r"run\(start=...\) holds the resume checkpoint .*last\.pth, but cfg\.trainer "
                                          r"names no start checkpoint"):
-        run(make_cfg(tmp_path / "other", epochs=1), tiny_model(), adapter(), TRAIN, VAL, start=start)
+        run(make_cfg(tmp_path / "other", epochs=1), tiny_model(), adapter(), TaskData(TRAIN, VAL), start=start)
     assert start_checkpoint(make_cfg(tmp_path / "fresh", epochs=1)) is None
 
 
@@ -436,5 +437,5 @@ def test_a_task_loads_a_pretraining_checkpoint_with_its_drop_rule_and_the_engine
     assert why.startswith("outside backbone.*") and sorted(report.dropped[why]) == ["decoder.weight", "mask_token"]
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    run(cfg, model, adapter(), TRAIN, VAL, start=start)  # a second load would fail: no tensor matches
+    run(cfg, model, adapter(), TaskData(TRAIN, VAL), start=start)  # a second load would fail: no tensor matches
     assert torch_loads == [str(tmp_path / "pretrain.pth")]

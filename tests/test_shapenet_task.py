@@ -16,7 +16,7 @@ CONFIG_DIR = str(REPO / "bixt" / "configs" / "shapenet_partseg")
 
 # A tiny model and a short run: behaviour, not accuracy.
 TINY = [
-    "model.dim=32", "model.tokenizer.num_groups=16", "model.tokenizer.group_size=8", "model.tokenizer.hidden=16",
+    "model.encoder.dim=32", "model.tokenizer.num_groups=16", "model.tokenizer.group_size=8", "model.tokenizer.hidden=16",
     "model.encoder.depth=2", "model.encoder.num_heads=2", "model.encoder.num_latents=8",
     "model.head.hidden=32", "model.head.category_dim=8", "model.head.point_dim=8",
     "trainer.epochs=1", "trainer.batch_size=8", "trainer.log_every=0",
@@ -55,7 +55,7 @@ def test_same_seed_same_result(tmp_path):
 
 def test_naive_tokenizer_trains_with_variable_size_clouds(tmp_path):
     # num_points=null: every point of every cloud, padded per batch (clouds differ in size).
-    cfg = _compose(["model=bixt_point_naive", "model.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
+    cfg = _compose(["model=bixt_point_naive", "model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
                     "model.encoder.num_latents=8", "model.head.hidden=32", "trainer.epochs=1",
                     "trainer.batch_size=4", "data.train_size=8", "data.val_size=6",
                     "data.points_per_shape=[40,70]", "data.num_points=null", f"trainer.run_dir={tmp_path}"])

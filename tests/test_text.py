@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from bixt.baselines.transformer import TransformerDocumentEncoder, masked_mean
-from bixt.heads.retrieval import BiXTDocumentEncoder, DualEncoderRetriever, RetrievalHead
+from bixt.heads.retrieval import RetrievalHead
+from bixt.models.retrieval import DualEncoderRetriever
+from bixt.models.text import BiXTSequenceEncoder
 from bixt.tokenizers.text import PAD_ID, VOCAB_SIZE, ByteEmbedding, ByteTokenizer, sinusoidal_positions
 
 
@@ -103,8 +105,8 @@ def test_retrieval_head_uses_all_four_combinations():
 
 
 # ---------------------------------------------------------------------------------------- encoders
-def _tiny_bixt() -> BiXTDocumentEncoder:
-    return BiXTDocumentEncoder(dim=32, depth=2, num_latents=8, num_heads=2, max_len=64, update_tokens_last=False)
+def _tiny_bixt() -> BiXTSequenceEncoder:
+    return BiXTSequenceEncoder(dim=32, depth=2, num_latents=8, num_heads=2, max_len=64, update_tokens_last=False)
 
 
 def _tiny_transformer() -> TransformerDocumentEncoder:
@@ -185,6 +187,6 @@ def test_token_embedding_sizes_and_byte_checkpoint_names():
     assert embed.table.num_embeddings == 18 and "token_embed.weight" in embed.state_dict()
     assert torch.equal(embed(torch.zeros(1, 3, dtype=torch.long))[0], embed.pos_embed[0, :3])
     assert "byte_embed.weight" in ByteEmbedding(8, max_len=10).state_dict()  # retrieval checkpoints keep loading
-    listops = BiXTDocumentEncoder(dim=16, depth=2, num_latents=4, num_heads=2, max_len=10, vocab_size=18)
+    listops = BiXTSequenceEncoder(dim=16, depth=2, num_latents=4, num_heads=2, max_len=10, vocab_size=18)
     assert listops.embed.vocab_size == 18
     assert TransformerDocumentEncoder(dim=16, depth=1, num_heads=2, max_len=10, vocab_size=18).embed.vocab_size == 18

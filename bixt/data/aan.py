@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Annotated, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from bixt.constraints import Range
 from bixt.data.errors import DataError
+from bixt.data.task_data import TaskData
 from bixt.data.tsv import check_data_folder, file_fingerprint, has_rows, load_tsv_split, prepare_cache_dir
 from bixt.tokenizers.text import ByteTokenizer
+
+log = logging.getLogger(__name__)
+
+Count = Annotated[int, Range(min=0)]  # a generated split's size
 
 SPLITS = ("train", "eval", "test")
 FILE_TEMPLATE = "new_aan_pairs.{split}.tsv"
@@ -315,26 +322,32 @@ def load_embedded(
 
 # The task's data builders, named by ``_target_`` in bixt/configs/lra_retrieval/data/*.yaml (which
 # hold every default): each returns ``{"train", "eval", "test"}`` splits formatted for batching.
-def _model_inputs(splits: dict) -> dict:
-    return {name: split.with_format("numpy") for name, split in splits.items()}
+def _task_data(splits: dict, name: str) -> TaskData:
+    """The splits as model inputs (``eval`` validates); the test split is named ``name``."""
+    splits = {key: split.with_format("numpy") for key, split in splits.items()}
+    log.info("pairs: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return TaskData(splits["train"], splits["eval"], {name: splits["test"]}, class_names=("different", "same"),
+                    collate_fn=RetrievalCollate())
 
 
-def aan_data(*, root: Optional[str], cache_dir: Optional[str], max_len: int) -> dict:
+def aan_data(*, name: str, root: Optional[str], cache_dir: Optional[str], max_len: int,
+             eval_only: bool = False) -> TaskData:
     """The LRA release files ``root/new_aan_pairs.{train,eval,test}.tsv`` (:func:`load_aan`)."""
     if not root:
         raise ValueError("data=aan needs data.root=DIR, the folder holding new_aan_pairs.{train,eval,test}.tsv")
-    return _model_inputs(load_aan(root, max_len=max_len, cache_dir=cache_dir))
+    return _task_data(load_aan(root, max_len=max_len, cache_dir=cache_dir), name)
 
 
-def embedded_retrieval_data(*, seed: int, train_size: int, eval_size: int, test_size: int, max_len: int,
+def embedded_retrieval_data(*, name: str, seed: int, train_size: Count, eval_size: Count, test_size: Count,
+                            max_len: Annotated[int, Range(min=1)],
                             min_bytes: int, max_bytes: int, num_topics: int, topics_per_doc: int,
-                            topic_word_rate: float, hard_negative_rate: float) -> dict:
+                            topic_word_rate: float, hard_negative_rate: float, eval_only: bool = False) -> TaskData:
     """The synthetic matching set (:func:`generate_retrieval_pairs`), tokenised as the files are."""
-    return _model_inputs(load_embedded(
+    return _task_data(load_embedded(
         {"train": train_size, "eval": eval_size, "test": test_size}, seed=seed, max_len=max_len,
         min_bytes=min_bytes, max_bytes=max_bytes, num_topics=num_topics, topics_per_doc=topics_per_doc,
         topic_word_rate=topic_word_rate, hard_negative_rate=hard_negative_rate,
-    ))
+    ), name)
 
 
 # --------------------------------------------------------------------------------------------

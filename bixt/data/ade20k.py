@@ -24,17 +24,19 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bixt.constraints import Ascending, Node, Range
 from bixt.data.errors import DataError
 from bixt.data.hf import load_local_splits
 from bixt.data.scenes import SCENE_CLASSES, make_scenes
-from bixt.data.seg_transforms import IGNORE_INDEX, SegEvalTransform, SegTrainTransform, as_pair
+from bixt.data.seg_transforms import IGNORE_INDEX, SegEvalTransform, SegTrainTransform, as_pair, collate_segmentation
+from bixt.data.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -334,12 +336,17 @@ class SegmentationDataset(Dataset):
 
 
 # ------------------------------------------------------------------------- builders (data=<option>)
-SemSegData = tuple[Optional[SegmentationDataset], SegmentationDataset, list[str]]
+Positive = Annotated[int, Range(min=1)]
+Size = Annotated[int, Range(min=0)]
 
 
-def _transforms(*, crop_size: Any = None, scale: Any = None, ratio_range: Any = None, cat_max_ratio: Optional[float] = 1.0,
-                flip_prob: float = 0.5, photometric: bool = True,
-                test_scale: Any = None) -> tuple[SegTrainTransform, SegEvalTransform]:
+def _transforms(*, crop_size: Optional[Union[Positive, Sequence[Positive]]] = None,
+                scale: Optional[Sequence[Positive]] = None,
+                ratio_range: Optional[Annotated[Sequence[float], Ascending()]] = None,
+                cat_max_ratio: Optional[Annotated[float, Range(min=0.0, max=1.0, open_min=True)]] = 1.0,
+                flip_prob: Annotated[float, Range(min=0.0, max=1.0)] = 0.5, photometric: bool = True,
+                test_scale: Optional[Sequence[Positive]] = None,
+                ) -> tuple[SegTrainTransform, SegEvalTransform]:
     """The training and evaluation pipelines from the flat ``data.*`` pipeline keys."""
     as_pair(crop_size, "data.crop_size")
     train = SegTrainTransform(crop_size=crop_size, scale=scale, ratio_range=ratio_range,
@@ -356,8 +363,10 @@ def _labelled_classes(num_classes: int, class_names: Optional[Sequence[str]]) ->
     return classes
 
 
-def scenes_data(*, seed: int, train_size: int, val_size: int, img_size: int, num_classes: int, noise: float,
-                max_objects: int, hue_jitter: float, eval_only: bool = False, **pipeline: Any) -> SemSegData:
+def scenes_data(*, seed: int, train_size: Size, val_size: Size, img_size: Positive,
+                num_classes: Annotated[int, Range(min=2, max=len(SCENE_CLASSES))], noise: Annotated[float, Range(min=0.0)],
+                max_objects: Annotated[int, Range(min=2)], hue_jitter: Annotated[float, Range(min=0.0)],
+                eval_only: bool = False, **pipeline: Annotated[Any, Node(_transforms)]) -> TaskData:
     """The embedded procedural scenes (:mod:`bixt.data.scenes`); ``train`` is None with ``eval_only``."""
     train_tf, val_tf = _transforms(**pipeline)
     classes = list(SCENE_CLASSES[:int(num_classes)])
@@ -368,12 +377,13 @@ def scenes_data(*, seed: int, train_size: int, val_size: int, img_size: int, num
         source = _TensorSource(*make_scenes(int(train_size), split="train", **gen), "train")
         train = SegmentationDataset(source=source, transform=train_tf, class_names=classes)
     source = _TensorSource(*make_scenes(int(val_size), split="val", **gen), "val")
-    return train, SegmentationDataset(source=source, transform=val_tf, class_names=classes), classes
+    val = SegmentationDataset(source=source, transform=val_tf, class_names=classes)
+    return TaskData(train, val, class_names=classes, collate_fn=collate_segmentation)
 
 
-def ade20k_data(*, root: Optional[str], num_classes: int, class_names: Optional[Sequence[str]],
+def ade20k_data(*, root: Optional[str], num_classes: Positive, class_names: Optional[Sequence[str]],
                 reduce_zero_label: bool, train_split: str, val_split: str, check_headers: bool,
-                eval_only: bool = False, **pipeline: Any) -> SemSegData:
+                eval_only: bool = False, **pipeline: Annotated[Any, Node(_transforms)]) -> TaskData:
     """An ``ADEChallengeData2016``-layout folder (read only); ``train`` is None with ``eval_only``."""
     if not root:
         raise ValueError(f"data=ade20k needs data.root=DIR, the extracted {ADE_FOLDER} folder (or its parent)")
@@ -386,12 +396,13 @@ def ade20k_data(*, root: Optional[str], num_classes: int, class_names: Optional[
                                    transform=transform, class_names=classes)
 
     train = None if eval_only else split_set(train_split, train_tf)
-    return train, split_set(val_split, val_tf), classes
+    return TaskData(train, split_set(val_split, val_tf), class_names=classes, collate_fn=collate_segmentation)
 
 
-def ade20k_hf_data(*, path: Optional[str], image_column: str, label_column: str, num_classes: int,
+def ade20k_hf_data(*, path: Optional[str], image_column: str, label_column: str, num_classes: Positive,
                    class_names: Optional[Sequence[str]], reduce_zero_label: bool, train_split: str, val_split: str,
-                   load_kwargs: Optional[dict] = None, eval_only: bool = False, **pipeline: Any) -> SemSegData:
+                   load_kwargs: Optional[dict] = None, eval_only: bool = False,
+                   **pipeline: Annotated[Any, Node(_transforms)]) -> TaskData:
     """A local Hugging Face copy with an image and an annotation column; same label rules as ade20k."""
     train_tf, val_tf = _transforms(**pipeline)
     classes = _labelled_classes(num_classes, class_names)
@@ -403,4 +414,4 @@ def ade20k_hf_data(*, path: Optional[str], image_column: str, label_column: str,
         return SegmentationDataset(source=source, transform=transform, class_names=classes)
 
     train = None if eval_only else split_set(train_split, train_tf)
-    return train, split_set(val_split, val_tf), classes
+    return TaskData(train, split_set(val_split, val_tf), class_names=classes, collate_fn=collate_segmentation)

@@ -20,15 +20,18 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bixt.constraints import Node, PositiveInterval, Range
+from bixt.data.builder import check_num_points
 from bixt.data.cache import default_cache_dir
 from bixt.data.errors import DataError
 from bixt.data.surfaces import Parts, box, ellipsoid, frustum, hemisphere, rot_x, rot_y, rot_z, torus_arc, triangle
+from bixt.data.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -358,30 +361,43 @@ class PointClassificationDataset(Dataset):
         return torch.cat([pos, nrm], dim=1), self.labels[index]
 
 
+def augmentation(*, scale: PositiveInterval = None,
+                 translate: Annotated[float, Range(min=0.0)] = 0.0,
+                 rotate_degrees: Annotated[float, Range(min=0.0, max=180.0)] = 0.0) -> dict[str, Any]:
+    """The ``data.augment`` node: random per-axis scaling in ``[low, high]``, translation, rotation about y."""
+    return dict(train=True, scale=scale, translate=float(translate), rotate_degrees=float(rotate_degrees))
+
+
 def _augmentation(augment: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-    augment = augment or {}
-    return dict(train=True, scale=augment.get("scale"), translate=float(augment.get("translate", 0.0)),
-                rotate_degrees=float(augment.get("rotate_degrees", 0.0)))
+    return augmentation(**(augment or {}))
+
+
+Augment = Optional[Annotated[Mapping[str, Any], Node(augmentation)]]
 
 
 # The task's data builders, named by ``_target_`` in bixt/configs/modelnet40_cls/data/*.yaml (which
-# hold every default): each returns ``(train, test, classes)``.
-def solids_data(*, seed: int, train_size: int, test_size: int, noise: float, max_tilt_degrees: float,
-                num_points: int, normals: bool, augment: Optional[Mapping[str, Any]],
-                ) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
+# hold every default): each returns a ``TaskData`` whose ``val`` is the test split.
+def solids_data(*, seed: int, train_size: Annotated[int, Range(min=0)], test_size: Annotated[int, Range(min=0)],
+                noise: Annotated[float, Range(min=0.0)], max_tilt_degrees: float,
+                num_points: Annotated[int, Range(min=1)], normals: bool, augment: Augment, eval_only: bool = False,
+                min_points: int = 1) -> TaskData:
     """The embedded procedural solids (:func:`make_solids`)."""
+    check_num_points(num_points, min_points)
     gen = dict(seed=int(seed), num_points=int(num_points), noise=float(noise), max_tilt_degrees=float(max_tilt_degrees))
     train = PointClassificationDataset(*make_solids(int(train_size), split="train", **gen), SOLID_CLASSES,
                                        normals=bool(normals), **_augmentation(augment))
     test = PointClassificationDataset(*make_solids(int(test_size), split="test", **gen), SOLID_CLASSES,
                                       normals=bool(normals))
-    return train, test, list(SOLID_CLASSES)
+    return TaskData(None if eval_only else train, test, class_names=SOLID_CLASSES,
+                    metadata={"in_features": 3 if normals else 0})
 
 
-def modelnet40_data(*, root: Optional[str], cache_dir: Optional[str], force_reload: bool, num_points: int,
-                    sampling: str, normals: bool, augment: Optional[Mapping[str, Any]],
-                    ) -> tuple[PointClassificationDataset, PointClassificationDataset, list[str]]:
+def modelnet40_data(*, root: Optional[str], cache_dir: Optional[str], force_reload: bool,
+                    num_points: Annotated[int, Range(min=1)], sampling: Literal["first", "fps"], normals: bool,
+                    augment: Augment, eval_only: bool = False,
+                    min_points: int = 1) -> TaskData:
     """ModelNet40 from ``root`` (:func:`load_modelnet40`); its test split is the task's validation set."""
+    check_num_points(num_points, min_points)
     if not root:
         raise ValueError(f"data=modelnet40 needs data.root=DIR (the {MODELNET_FOLDER} folder)")
     kw = dict(num_points=int(num_points), sampling=str(sampling), cache_dir=cache_dir, force_reload=bool(force_reload))
@@ -389,4 +405,5 @@ def modelnet40_data(*, root: Optional[str], cache_dir: Optional[str], force_relo
     train = PointClassificationDataset(pts, lab, classes, names=names, normals=bool(normals), **_augmentation(augment))
     pts, lab, test_classes, names = load_modelnet40(root, "test", **kw)
     test = PointClassificationDataset(pts, lab, test_classes, names=names, normals=bool(normals))
-    return train, test, classes
+    return TaskData(None if eval_only else train, test, class_names=classes,
+                    metadata={"in_features": 3 if normals else 0})

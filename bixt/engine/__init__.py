@@ -2,11 +2,12 @@
 
 Public API (stable)
 -------------------
-``run(cfg, model, adapter, train_set, val_set, collate_fn=None, test_sets=None, *, start=None) -> dict[str, float]``
-    Train ``model`` on ``train_set`` and evaluate on ``val_set`` after every ``trainer.eval_every``
-    epochs (and the last); at the end evaluate each ``test_sets[name]`` with the ``best`` (or
+``run(cfg, model, adapter, data, *, start=None) -> dict[str, float]``
+    Train ``model`` on ``data.train`` and evaluate on ``data.val`` after every ``trainer.eval_every``
+    epochs (and the last); at the end evaluate each ``data.tests[name]`` with the ``best`` (or
     ``last``, ``trainer.test_with``) weights. With ``trainer.eval_only=true`` only evaluate
-    (``train_set`` may be ``None``). Returns the final metrics, flat:
+    (``data.train`` may be ``None``). ``data`` is the :class:`~bixt.data.task_data.TaskData` every
+    data builder returns (``TaskData(train, val)`` wraps two datasets). Returns the final metrics, flat:
     ``{"epoch", "step", "lr", "train/loss", "val/<metric>", "val_ema/<metric>", "best/<main_metric>",
     "test_<name>/<metric>", ...}``.
 
@@ -24,8 +25,8 @@ Public API (stable)
       ``batch_size``, ``make_evaluator``, ``main_metric`` are abstract), overriding the hooks listed
       in :mod:`bixt.engine.task` as needed (``train_batch_transform`` for batch-level augmentation
       such as mixup, ``to_device``, ``main_metric_mode``, ``sample_name``). Other objects are refused.
-    * ``train_set``/``val_set``/``test_sets``: map-style datasets; batches are built by
-      ``collate_fn`` (default: torch's), moved to the device (tensors in nested dicts, lists,
+    * ``data.train``/``data.val``/``data.tests``: map-style datasets; batches are built by
+      ``data.collate_fn`` (default: torch's), moved to the device (tensors in nested dicts, lists,
       tuples), and handed to the adapter. Per-sample augmentation inside a dataset may use
       ``random``/``numpy``/``torch`` global RNGs freely: the engine seeds them per sample from
       ``(seed, epoch, index)`` (reproducible across worker counts, ranks and resumes).
@@ -91,22 +92,23 @@ Example (a task entry point)::
         seed_everything(cfg.trainer.seed)
         start = start_checkpoint(cfg)  # None for a fresh run
         classes = start.classes if start is not None and start.binds_labels else None
-        train_set, val_set = build_data(cfg.data, classes=classes)
+        data = build_data(cfg.data, classes=classes)   # a TaskData
         model = build_model(cfg.model)
-        return run(cfg, model, MyAdapter(), train_set, val_set, start=start)
+        return run(cfg, model, MyAdapter(), data, start=start)
 """
 from bixt.engine.checkpointing import StartCheckpoint, start_checkpoint
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, register_configs, trainer_config
 from bixt.engine.distributed import DistEnv, init_distributed
 from bixt.engine.reproducibility import seed_everything
 from bixt.engine.run_dir import RunDirError
-from bixt.engine.task import Evaluator, TaskAdapter, TaskAdapterBase, move_to_device
+from bixt.engine.task import Evaluator, TaskAdapter, move_to_device
+from bixt.data.task_data import TaskData
 from bixt.engine.trainer import run
 
 register_configs()
 
 __all__ = [
-    "run", "start_checkpoint", "StartCheckpoint", "seed_everything", "init_distributed", "DistEnv", "TrainerConfig",
-    "OptimConfig", "trainer_config", "optim_config", "TaskAdapter", "TaskAdapterBase", "Evaluator", "move_to_device",
-    "RunDirError",
+    "run", "start_checkpoint", "StartCheckpoint", "TaskData", "seed_everything", "init_distributed", "DistEnv",
+    "TrainerConfig", "OptimConfig", "trainer_config", "optim_config", "TaskAdapter", "Evaluator",
+    "move_to_device", "RunDirError",
 ]

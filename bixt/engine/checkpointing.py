@@ -316,14 +316,3 @@ def start_checkpoint(cfg: Union[DictConfig, TrainerConfig]) -> Optional[StartChe
     tcfg = cfg if isinstance(cfg, TrainerConfig) else trainer_config(cfg)
     path, kind = resolve_start(tcfg)
     return read_start(path, kind) if path is not None else None
-
-
-def run_checkpoint_classes(tcfg: Any) -> tuple[Path | None, list[str] | None]:
-    """The checkpoint a run evaluates (``eval_only``) or continues (``resume``), and the class names
-    stored in it, so that a task labels its data the way the model was trained; ``(None, None)`` for
-    a fresh run, ``(path, None)`` for a checkpoint without a class list. (Prefer
-    :func:`start_checkpoint`: its contents go on to :func:`bixt.engine.run` instead of being read again.)"""
-    path, kind = resolve_start(tcfg)
-    if path is None or kind == WEIGHTS:
-        return None, None
-    return path, read_start(path, kind).classes

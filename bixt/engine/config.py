@@ -16,6 +16,7 @@ fails with the key's name (:func:`check_trainer`, :func:`check_optim`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
@@ -100,10 +101,28 @@ class OptimConfig:
     sched_on_epochs: bool = False  #: update the lr once per epoch (timm style) instead of per step
 
 
+#: The Hydra settings every task shares (``- task_hydra`` in its defaults list): runs in
+#: ``runs/<task>/<time>`` (``<task>`` = the entry point's module name), sweeps in
+#: ``runs/<task>/multirun/<time>/<n>``, no chdir, one help layout (a task adds its header and footer).
+TASK_HYDRA = {
+    "hydra": {
+        "run": {"dir": "runs/${hydra.job.name}/${now:%Y-%m-%d_%H-%M-%S}"},
+        "sweep": {"dir": "runs/${hydra.job.name}/multirun/${now:%Y-%m-%d_%H-%M-%S}", "subdir": "${hydra.job.num}"},
+        "job": {"chdir": False},
+        "help": {
+            "app_name": "bixt.tasks.${hydra.job.name}",
+            "template": "${hydra.help.header}\n\n== Config groups (choose one with group=option) ==\n"
+                        "$APP_CONFIG_GROUPS\n${hydra.help.footer}\n\n== Composed configuration ==\n$CONFIG",
+        },
+    }
+}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(group="trainer", name="default", node=TrainerConfig)
     cs.store(group="optim", name="default", node=OptimConfig)
+    cs.store(name="task_hydra", node=TASK_HYDRA)
 
 
 def _typed(schema: type, node: Any, key: str):
@@ -115,8 +134,10 @@ def _typed(schema: type, node: Any, key: str):
         merged = OmegaConf.merge(base, node if node is not None else {})
     except (ConfigKeyError, ValidationError) as err:
         valid = ", ".join(f.name for f in fields(schema))
-        raise ValueError(f"invalid `{key}` config: {err.msg if hasattr(err, 'msg') else err}\n"
-                         f"valid keys of `{key}`: {valid}") from None
+        reason = str(err.msg if hasattr(err, "msg") else err).splitlines()[0]
+        name = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+        hint = f"; valid keys of `{key}`: {valid}" if isinstance(err, ConfigKeyError) else ""
+        raise ValueError(f"invalid `{name}`: {reason}{hint}") from None
     return OmegaConf.to_object(merged)
 
 
@@ -149,6 +170,8 @@ def check_trainer(t: TrainerConfig) -> None:
     _require(p, "trainer.eval_every", t.eval_every, t.eval_every >= 1, ">= 1")
     _require(p, "trainer.log_every", t.log_every, t.log_every >= 0, ">= 0 (0 = off)")
     _require(p, "trainer.test_with", t.test_with, t.test_with in ("best", "last"), "best or last")
+    _require(p, "trainer.device", t.device, re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
+             "auto, cpu, cuda, cuda:N or mps")
     _require(p, "trainer.max_steps", t.max_steps, t.max_steps is None or t.max_steps >= 1, ">= 1, or null")
     _raise_if(p, "trainer")
 

@@ -101,10 +101,6 @@ class TaskAdapter(abc.ABC):
         return batch
 
 
-#: the former name of the base, kept while the task modules are moved over to ``TaskAdapter``
-TaskAdapterBase = TaskAdapter
-
-
 def check_adapter(adapter: Any) -> TaskAdapter:
     """``adapter`` itself if it is a :class:`TaskAdapter` with a valid ``main_metric_mode``."""
     if not isinstance(adapter, TaskAdapter):

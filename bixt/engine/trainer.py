@@ -15,6 +15,7 @@ from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from bixt.data.task_data import TaskData
 from bixt.engine import checkpointing as ckpt_io
 from bixt import accel
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer_config
@@ -36,11 +37,10 @@ log = logging.getLogger("bixt.engine")
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
-def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Optional[Dataset],
-        val_set: Dataset, collate_fn=None, test_sets: Optional[dict[str, Dataset]] = None, *,
+def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, data: TaskData, *,
         start: Optional[ckpt_io.StartCheckpoint] = None) -> dict[str, float]:
-    """Train ``model`` on ``train_set`` (or only evaluate it), evaluating on ``val_set`` and, at the
-    end, on each of ``test_sets``. Returns the final metrics as a flat ``{name: float}`` dict.
+    """Train ``model`` on ``data.train`` (or only evaluate it), evaluating on ``data.val`` and, at
+    the end, on each of ``data.tests``. Returns the final metrics as a flat ``{name: float}`` dict.
     ``start``: what :func:`~bixt.engine.checkpointing.start_checkpoint` read for this ``cfg`` (the
     engine then reads no file twice); ``None``: the engine resolves and reads it itself."""
     tcfg, ocfg = trainer_config(cfg), optim_config(cfg)
@@ -48,8 +48,8 @@ def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, train_set: Opti
     env = init_distributed(tcfg.device)
     try:
         with process_settings_restored():
-            return _Engine(cfg, tcfg, ocfg, env, model, adapter, collate_fn, start).fit(train_set, val_set,
-                                                                                        test_sets or {})
+            return _Engine(cfg, tcfg, ocfg, env, model, adapter, data.collate_fn, start).fit(data.train, data.val,
+                                                                                             data.tests)
     finally:
         cleanup(env)
 

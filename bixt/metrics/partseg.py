@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from bixt.metrics.tables import per_class_table
+
 __all__ = [
     "make_part_mask",
     "restricted_argmax",
@@ -133,14 +135,7 @@ class PartSegEvaluator:
 
 def format_category_table(metrics: Mapping[str, float], category_names: Sequence[str],
                           shape_counts: Optional[Sequence[int]] = None) -> str:
-    """A plain-text table: one row per category with its mIoU, then instance and class mIoU."""
-    width = max([len(n) for n in category_names] + [len("instance mIoU")])
-    lines = [f"{'category':<{width}}  {'mIoU':>6}" + ("  shapes" if shape_counts is not None else "")]
-    for i, name in enumerate(category_names):
-        value = metrics.get(f"iou/{name}")
-        cell = f"{100 * value:6.2f}" if value is not None else f"{'-':>6}"
-        count = f"  {shape_counts[i]:>6}" if shape_counts is not None else ""
-        lines.append(f"{name:<{width}}  {cell}{count}")
-    lines.append(f"{'class mIoU':<{width}}  {100 * metrics['class_miou']:6.2f}")
-    lines.append(f"{'instance mIoU':<{width}}  {100 * metrics['instance_miou']:6.2f}")
-    return "\n".join(lines)
+    """A plain-text table: one row per category with its mIoU, then class and instance mIoU."""
+    return per_class_table(metrics, category_names, columns=[("mIoU", "iou")], scale=100, first="category",
+                           counts=shape_counts, count_header="shapes",
+                           totals=[("class mIoU", "class_miou"), ("instance mIoU", "instance_miou")])

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from bixt.metrics.tables import per_class_table
+
 __all__ = ["confusion_matrix", "segmentation_metrics", "SemSegEvaluator", "format_class_table"]
 
 
@@ -154,12 +156,5 @@ class SemSegEvaluator:
 
 def format_class_table(metrics: Mapping[str, float], class_names: Sequence[str]) -> str:
     """Plain-text table: per-class IoU and accuracy in percent (``-``: absent from the split), then the means."""
-    width = max([len(n) for n in class_names] + [len("pixel acc")])
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
-    for name in class_names:
-        cells = [metrics.get(f"{kind}/{name}") for kind in ("iou", "acc")]
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{100 * v:6.2f}" if v is not None else f"{'-':>6}"
-                                                       for v in cells))
-    for label, key in (("mIoU", "miou"), ("mean acc", "mean_acc"), ("pixel acc", "pixel_acc")):
-        lines.append(f"{label:<{width}}  {100 * metrics[key]:6.2f}")
-    return "\n".join(lines)
+    return per_class_table(metrics, class_names, columns=[("IoU", "iou"), ("Acc", "acc")], scale=100,
+                           totals=[("mIoU", "miou"), ("mean acc", "mean_acc"), ("pixel acc", "pixel_acc")])

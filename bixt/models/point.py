@@ -2,8 +2,8 @@
 
 :class:`PointClassifier` reads clouds ``(B, P, 3 + C)`` (xyz, then ``C`` per-point features such
 as normals) and returns logits from the pooled latents (:class:`~bixt.heads.classification.ClassificationHead`).
-The part-segmentation model (tokens refined in every layer, a dense head) is
-:class:`bixt.heads.segmentation.PointSegmenter`.
+:class:`PointSegmenter` refines the tokens in every layer and labels every point with a dense head
+(:class:`~bixt.heads.part_segmentation.PartSegmentationHead`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["PointClassifier"]
+from bixt.heads.part_segmentation import PartSegmentationHead
+from bixt.tokenizers.point import PointTokens
+
+__all__ = ["PointClassifier", "PointSegmenter"]
 
 
 class PointClassifier(nn.Module):
@@ -41,3 +44,28 @@ class PointClassifier(nn.Module):
         tokens = self.tokenizer(pos, point_mask, features)
         latents, _ = self.encoder(tokens.tokens, token_mask=tokens.token_mask)
         return self.head(latents)
+
+
+class PointSegmenter(nn.Module):
+    """Point tokeniser + BiXT encoder (tokens refined in every layer) + dense head."""
+
+    def __init__(self, tokenizer: nn.Module, encoder: nn.Module, head: PartSegmentationHead) -> None:
+        super().__init__()
+        encoder.require_refined_tokens("PointSegmenter")
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.head = head
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        point_mask: Optional[torch.Tensor] = None,
+        features: Optional[torch.Tensor] = None,
+        category: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        point_tokens: PointTokens = self.tokenizer(pos, point_mask, features)
+        latents, tokens = self.encoder(point_tokens.tokens, point_tokens.token_mask)
+        return self.head(
+            tokens, point_tokens.token_mask, point_tokens.centres, pos,
+            features=features, latents=latents, category=category, tokens_are_points=point_tokens.tokens_are_points,
+        )

@@ -23,6 +23,7 @@ from timm.layers import register_notrace_function
 from torch import nn
 
 import bixt.models.bixt_image  # noqa: F401  (registers the BiXT names with timm)
+from bixt.models.factory import encoder_kwargs
 from bixt.heads.dense import LinearSegHead, SemanticFPNHead
 from bixt.weights import LoadReport, load_weights
 
@@ -114,13 +115,15 @@ class BiXTSegmenter(nn.Module):
         fpn_dim: int = 256,
         head_dim: int = 128,
         backbone_kwargs: Optional[Mapping[str, Any]] = None,
+        encoder: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
-        backbone_kwargs = dict(backbone_kwargs or {})
+        # encoder: BiXTEncoder arguments, the one way every task's model config sets them
+        backbone_kwargs = {**dict(backbone_kwargs or {}), **encoder_kwargs(encoder)}
         clash = [k for k in _RESERVED_BACKBONE_KWARGS if k in backbone_kwargs]
         if clash:
             raise ValueError(f"backbone_kwargs may not set {clash}: the segmenter sets them (use the segmenter's "

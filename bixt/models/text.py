@@ -2,7 +2,7 @@
 
 - :class:`BiXTSequenceEncoder`: ids (B, N) + padding mask -> pooled vector (B, dim): embed
   (bytes or a small token vocabulary), :class:`~bixt.core.BiXTEncoder`, mean over the latents.
-  The retrieval task's document encoder (``bixt.heads.retrieval.BiXTDocumentEncoder`` is this class).
+  The retrieval task's document encoder (:class:`bixt.models.retrieval.DualEncoderRetriever`).
 - :class:`SequenceClassifier`: any such encoder (this one, or the full-attention baseline
   :class:`bixt.baselines.transformer.TransformerDocumentEncoder`) + the shared
   :class:`~bixt.heads.classification.ClassificationHead` (LayerNorm -> Linear on the pooled vector).
@@ -12,7 +12,7 @@ tasks choose one by config (``model=bixt`` / ``model=transformer``) and everythi
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -37,7 +37,9 @@ class BiXTSequenceEncoder(nn.Module):
     ``token_dim`` (default ``dim``) sets the token width separately from the latent width:
     the token side is where the cost grows with the sequence length.
     The last layer is one-sided by default: only the pooled latents are used, so refining the
-    tokens once more would be wasted work.
+    tokens once more would be wasted work. ``encoder_kwargs``: further :class:`~bixt.core.BiXTEncoder`
+    arguments (``attn_impl``, ``cross_heads``, ...), so that every BiXTEncoder argument is a
+    ``model.encoder.<arg>`` override in every task.
     """
 
     def __init__(
@@ -55,9 +57,9 @@ class BiXTSequenceEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         update_tokens_last: bool = False,
         grad_checkpointing: bool = False,
-        cross_attention: str = "bidirectional",
         pool_norm: bool = False,
         vocab_size: Optional[int] = None,
+        **encoder_kwargs: Any,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -67,8 +69,7 @@ class BiXTSequenceEncoder(nn.Module):
             dim=dim, depth=depth, num_latents=num_latents, num_heads=num_heads, token_dim=token_dim,
             mlp_ratio=mlp_ratio,
             token_mlp_ratio=token_mlp_ratio, drop_path_rate=drop_path_rate,
-            update_tokens_last=update_tokens_last, grad_checkpointing=grad_checkpointing,
-            cross_attention=cross_attention,
+            update_tokens_last=update_tokens_last, grad_checkpointing=grad_checkpointing, **encoder_kwargs,
         )
         self.norm = LayerNorm(dim) if pool_norm else nn.Identity()
 

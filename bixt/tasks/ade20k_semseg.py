@@ -9,147 +9,40 @@
 
 A data module (:mod:`bixt.data.ade20k`, pipelines in :mod:`bixt.data.seg_transforms`), the BiXT
 segmenter (:class:`bixt.models.segmentation.BiXTSegmenter`: timm backbone + linear / Semantic FPN
-head), the :class:`SemSegAdapter` below and the engine. The metrics (``val/miou``, ``val/mean_acc``,
+head), the :class:`~bixt.tasks.segmentation.SemSegAdapter` and the engine. The metrics (``val/miou``, ``val/mean_acc``,
 ``val/pixel_acc``, per-class ``val/iou/<name>``) are computed at the original label size; the
 per-class IoU table is logged at the end.
 """
 from __future__ import annotations
 
-import logging
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional
 
 import hydra
-import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch import nn
 
-from bixt.data.builder import build_data
-from bixt.data.errors import data_errors_exit
-from bixt.data.seg_transforms import IGNORE_INDEX, as_pair, collate_segmentation
-from bixt.engine import run, seed_everything, trainer_config
-from bixt.engine.checkpointing import run_checkpoint_classes
-from bixt.engine.task import TaskAdapterBase
-from bixt.metrics.semseg import SemSegEvaluator, format_class_table
-from bixt.models.segmentation import BiXTSegmenter, nearest_multiples, segment
+from bixt.metrics.semseg import format_class_table
+from bixt.tasks import kit
+from bixt.tasks.segmentation import SemSegAdapter, check_sizes, eval_settings
 
-log = logging.getLogger("bixt.tasks.ade20k_semseg")
-
-
-class SemSegAdapter(TaskAdapterBase):
-    """Tells the engine how to run, score and evaluate a segmentation batch ``{"image", "labels", "name"}``.
-
-    Training: ``model(images)`` and pixel-wise cross-entropy (255 ignored) on logits at the label
-    size. Evaluation: :func:`~bixt.models.segmentation.segment` in ``eval_mode`` (whole image, or
-    overlapping ``eval_crop`` windows every ``eval_stride`` pixels), per image when the batch is a
-    list (original sizes differ).
-    """
-
-    main_metric = "miou"
-    sample_name = "img"
-
-    def __init__(self, *, class_names: Sequence[str], eval_mode: str = "whole",
-                 eval_crop: Optional[tuple[int, int]] = None, eval_stride: Optional[tuple[int, int]] = None,
-                 label_smoothing: float = 0.0, ignore_index: int = IGNORE_INDEX) -> None:
-        if eval_mode not in ("whole", "slide"):
-            raise ValueError(f"data.eval_mode={eval_mode!r}: expected whole or slide")
-        self.class_names = [str(c) for c in class_names]
-        self.num_classes = len(self.class_names)
-        self.eval_mode, self.eval_crop, self.eval_stride = eval_mode, eval_crop, eval_stride
-        self.label_smoothing = float(label_smoothing)
-        self.ignore_index = int(ignore_index)
-        # the class names by label travel in every checkpoint: evaluating it later checks the data
-        self.checkpoint_extra = {"classes": list(self.class_names)}
-
-    def _segment(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        if self.eval_mode == "slide":
-            return segment(model, images, mode="slide", crop_size=self.eval_crop, crop_stride=self.eval_stride)
-        return segment(model, images, mode="whole")
-
-    def forward(self, model: nn.Module, batch: Mapping[str, Any]) -> Any:
-        images = batch["image"]
-        if model.training:
-            return model(images)
-        if isinstance(images, (list, tuple)):
-            return [self._segment(model, image[None]) for image in images]
-        return self._segment(model, images)
-
-    def loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
-        labels = batch["labels"]
-        if outputs.shape[-2:] != labels.shape[-2:]:
-            outputs = F.interpolate(outputs, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(outputs.float(), labels, ignore_index=self.ignore_index,
-                               label_smoothing=self.label_smoothing)
-
-    def batch_size(self, batch: Mapping[str, Any]) -> int:
-        return len(batch["name"])
-
-    def make_evaluator(self) -> SemSegEvaluator:
-        return SemSegEvaluator(num_classes=self.num_classes, class_names=self.class_names,
-                               ignore_index=self.ignore_index)
-
-
-#: data keys the task reads itself (inference settings), not the data builder
-DATA_TASK_KEYS = ("eval_mode", "eval_crop", "eval_stride")
-
-
-def build_model(model_cfg: DictConfig, num_classes: int) -> BiXTSegmenter:
-    """The segmenter the ``model`` node names with ``_target_``, for ``num_classes``."""
-    return instantiate(model_cfg, num_classes=num_classes, _convert_="all")
-
-
-def check_sizes(data_cfg: DictConfig, stride: int) -> tuple[Optional[tuple[int, int]], Optional[tuple[int, int]]]:
-    """The training crop (and the sliding window) must be a whole number of strides: the token grid
-    would otherwise not cover the crop and the logits would not align with the labels. Returns the
-    sliding window (default: the crop) and its step (None: ``segment``'s default)."""
-    crop = as_pair(data_cfg.get("crop_size"), "data.crop_size")
-    window = as_pair(data_cfg.get("eval_crop"), "data.eval_crop") or crop
-    step = as_pair(data_cfg.get("eval_stride"), "data.eval_stride")
-    slide = data_cfg.get("eval_mode") == "slide"
-    for key, size in (("data.crop_size", crop), ("data.eval_crop", window if slide else None)):
-        if size is None or not (size[0] % stride or size[1] % stride):
-            continue
-        valid = nearest_multiples(size[0], stride) if size[0] == size[1] else \
-            f"[{nearest_multiples(size[0], stride)}, {nearest_multiples(size[1], stride)}]"
-        raise ValueError(f"{key}={list(size) if size[0] != size[1] else size[0]} is not divisible by the model's "
-                         f"stride {stride}; expected a multiple of {stride} (e.g. {valid})")
-    return window, step
-
-
-def log_class_tables(metrics: Mapping[str, float], class_names: Sequence[str]) -> None:
-    # "val" (and "val_ema" with EMA): every prefix with a full evaluation
-    for prefix in sorted(k[: -len("/miou")] for k in metrics if k.endswith("/miou") and not k.startswith("best")):
-        split = {k[len(prefix) + 1:]: v for k, v in metrics.items() if k.startswith(prefix + "/")}
-        log.info("per-class IoU (%s):\n%s", prefix, format_class_table(split, class_names))
+__all__ = ["train", "main", "check_sizes"]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Compose data, model and adapter from ``cfg`` and hand them to the engine."""
-    seed_everything(cfg.trainer.seed)
-    eval_only = bool(cfg.trainer.eval_only)
-    train_set, val_set, classes = build_data(cfg.data, task_keys=DATA_TASK_KEYS, eval_only=eval_only)
-    _, stored = run_checkpoint_classes(trainer_config(cfg))
-    if stored is not None and list(stored) != list(classes):
-        raise ValueError(f"the checkpoint was trained on the classes {stored[:10]}{' ...' if len(stored) > 10 else ''} "
-                         f"({len(stored)}), the data has {classes[:10]}{' ...' if len(classes) > 10 else ''} "
-                         f"({len(classes)}): labels would not match; use the data the checkpoint was trained on")
-    model = build_model(cfg.model, len(classes))
-    window, step = check_sizes(cfg.data, int(model.stride))
-    adapter = SemSegAdapter(class_names=classes, eval_mode=str(cfg.data.get("eval_mode", "whole")),
-                            eval_crop=window, eval_stride=step,
-                            label_smoothing=float(cfg.get("loss", {}).get("label_smoothing", 0.0)))
-    metrics = run(cfg, model, adapter, train_set, val_set, collate_fn=collate_segmentation)
-    log_class_tables(metrics, classes)
+    data, start = kit.prepare(cfg, nodes={"eval": eval_settings})
+    model = kit.build_model(cfg.model, num_classes=data.num_classes)
+    window, step = check_sizes(cfg, int(model.stride))
+    adapter = SemSegAdapter(class_names=data.class_names, eval_mode=cfg.eval.mode, eval_crop=window, eval_stride=step,
+                            label_smoothing=kit.smoothing(cfg))
+    metrics = kit.run(cfg, model, adapter, data, start=start)
+    kit.log_tables(metrics, "miou", "per-class IoU", lambda split, prefix: format_class_table(split, data.class_names))
     return metrics
 
 
 @hydra.main(version_base=None, config_path="../configs/ade20k_semseg", config_name="config")
 def main(cfg: DictConfig) -> Optional[float]:
-    with data_errors_exit():  # a bad input file: one line naming it, no traceback
-        metrics = train(cfg)
-    return metrics.get("val/miou")
+    return kit.main(cfg, train, "val/miou")
 
 
 if __name__ == "__main__":
-    main()
+    kit.cli(main, "ade20k_semseg")

@@ -13,7 +13,7 @@ from timm.data import Mixup
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from bixt.engine.task import TaskAdapterBase
+from bixt.engine.task import TaskAdapter
 from bixt.metrics.classification import TopKEvaluator
 
 
@@ -29,7 +29,7 @@ def build_loss(name: str = "ce", smoothing: float = 0.0, mixup: bool = False,
     raise ValueError(f"loss.name must be 'ce' or 'bce', got {name!r}")
 
 
-class ClassificationAdapter(TaskAdapterBase):
+class ClassificationAdapter(TaskAdapter):
     """Task adapter for batches ``(inputs, labels)`` and models returning logits."""
 
     main_metric = "top1"

@@ -7,10 +7,12 @@ padded points are never chosen as centres or neighbours.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Annotated, Optional
 
 import torch
 from torch import nn
+
+from bixt.constraints import Range
 
 __all__ = [
     "farthest_point_sample",
@@ -226,8 +228,8 @@ class PointGroupTokenizer(nn.Module):
     def __init__(
         self,
         dim: int = 192,
-        num_groups: int = 128,
-        group_size: int = 32,
+        num_groups: Annotated[int, Range(min=1)] = 128,
+        group_size: Annotated[int, Range(min=1)] = 32,
         in_features: int = 0,
         hidden: int = 64,
         random_start: bool = False,

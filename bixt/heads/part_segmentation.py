@@ -15,7 +15,7 @@ from torch import nn
 
 from bixt.tokenizers.point import PointTokens, gather, knn
 
-__all__ = ["interpolate_to_points", "PartSegmentationHead", "PointSegmenter"]
+__all__ = ["interpolate_to_points", "PartSegmentationHead"]
 
 
 def interpolate_to_points(
@@ -138,28 +138,3 @@ class PartSegmentationHead(nn.Module):
             context.append(self.category_embed(category))
         hidden = self.point_proj(per_point) + self.context_proj(torch.cat(context, dim=-1)).unsqueeze(1)
         return self.classifier(hidden)
-
-
-class PointSegmenter(nn.Module):
-    """Point tokeniser + BiXT encoder (tokens refined in every layer) + dense head."""
-
-    def __init__(self, tokenizer: nn.Module, encoder: nn.Module, head: PartSegmentationHead) -> None:
-        super().__init__()
-        encoder.require_refined_tokens("PointSegmenter")
-        self.tokenizer = tokenizer
-        self.encoder = encoder
-        self.head = head
-
-    def forward(
-        self,
-        pos: torch.Tensor,
-        point_mask: Optional[torch.Tensor] = None,
-        features: Optional[torch.Tensor] = None,
-        category: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        point_tokens: PointTokens = self.tokenizer(pos, point_mask, features)
-        latents, tokens = self.encoder(point_tokens.tokens, point_tokens.token_mask)
-        return self.head(
-            tokens, point_tokens.token_mask, point_tokens.centres, pos,
-            features=features, latents=latents, category=category, tokens_are_points=point_tokens.tokens_are_points,
-        )
