@@ -272,6 +272,22 @@ def _fingerprint(files: Sequence[Path], num_points: int, sampling: str) -> str:
     return digest.hexdigest()
 
 
+def _load_cache(cache: Path) -> dict[str, torch.Tensor]:
+    """A cached split, read with ``weights_only=True``: the cache may be a shared folder and no file
+    in it may run code; anything but the two tensors written below is refused."""
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        ok = isinstance(blob, dict) and all(isinstance(blob.get(k), torch.Tensor) for k in ("points", "labels"))
+        why = "does not hold the tensors 'points' and 'labels'"
+    except Exception as err:  # noqa: BLE001 - an unsafe pickle, a truncated file, ...
+        ok, why = False, f"cannot be read as tensors ({type(err).__name__})"
+    if not ok:
+        raise ModelNetDataError(f"the cache file {str(cache)!r} {why}; it was not written by bixt (or is damaged) and "
+                                f"is not loaded: delete it, or its folder {str(cache.parent)!r}, to read the split "
+                                "again (or set data.force_reload=true)")
+    return blob
+
+
 def load_modelnet40(root: str | os.PathLike, split: str = "train", num_points: int = 1024, sampling: str = "first",
                     cache_dir: Optional[str | os.PathLike] = None, force_reload: bool = False,
                     names_file: str = "modelnet40_shape_names.txt",
@@ -294,7 +310,7 @@ def load_modelnet40(root: str | os.PathLike, split: str = "train", num_points: i
     cache = cache_root / f"modelnet40-{hashlib.sha1(str(folder).encode()).hexdigest()[:12]}" / f"{split}-{key[:16]}.pt"
     names = [str(e[0]) for e in entries]
     if cache.is_file() and not force_reload:
-        blob = torch.load(cache, weights_only=True)
+        blob = _load_cache(cache)
         log.info("ModelNet40 %s: %d shapes (cache %s)", split, len(names), cache)
         return blob["points"], blob["labels"], classes, names
     log.info("ModelNet40 %s: reading %d shape files from %s (cached in %s)", split, len(entries), folder, cache)

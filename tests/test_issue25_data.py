@@ -1,0 +1,81 @@
+"""Issue 25, data readers: shared caches never run code, EXIF orientation, ADE20K checks at start,
+ListOps targets, ModelNet40 split files, image-folder links."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from bixt.data.errors import DataError
+
+
+class _Planted:
+    """Unpickling this creates ``marker``: the proof that a cache file ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _plant(path: Path, marker: Path) -> None:
+    torch.save({"points": _Planted(marker)}, path)
+
+
+# ------------------------------------------------------------------ caches never run code
+def test_a_planted_pickle_in_the_shapenetpart_cache_is_refused_and_never_run(tmp_path):
+    from bixt.data.shapenetpart import load_shapenetpart
+    from test_shapenet_data import write_shapenet_folder
+
+    folder = write_shapenet_folder(tmp_path / "data", per_split=(3, 1, 1))
+    cache = tmp_path / "cache"
+    load_shapenetpart(folder, "train", cache_dir=cache)
+    processed = next(cache.glob("shapenetpart-*/processed"))
+    marker = tmp_path / "ran"
+    for name in ("pre_transform.pt", "pre_filter.pt"):  # PyG unpickles these unsafely
+        _plant(processed / name, marker)
+    load_shapenetpart(folder, "train", cache_dir=cache)
+    assert not marker.exists()
+    train_file = next(processed.glob("*_train.pt"))
+    _plant(train_file, marker)
+    with pytest.raises(DataError) as info:
+        load_shapenetpart(folder, "train", cache_dir=cache)
+    assert not marker.exists()
+    message = info.value.message
+    assert str(train_file) in message and "delete the cache folder" in message and str(processed.parent) in message
+
+
+def test_modelnet_and_text_caches_load_tensors_only(tmp_path, monkeypatch):
+    from bixt.data.listops import load_listops
+    from bixt.data.modelnet import ModelNetDataError, load_modelnet40
+    from test_listops import write_folder
+    from test_modelnet import write_modelnet_folder
+
+    folder = write_modelnet_folder(tmp_path / "mn")
+    cache = tmp_path / "cache"
+    load_modelnet40(folder, "train", num_points=16, cache_dir=cache)
+    (cached,) = cache.rglob("train-*.pt")
+    marker = tmp_path / "ran"
+    _plant(cached, marker)
+    with pytest.raises(ModelNetDataError) as info:
+        load_modelnet40(folder, "train", num_points=16, cache_dir=cache)
+    assert not marker.exists() and str(cached) in info.value.message and "delete" in info.value.message
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("weights_only")) or real_load(*a, **k))
+    root = write_folder(tmp_path / "lo")
+    load_listops(root, cache_dir=tmp_path / "text")
+    load_listops(root, cache_dir=tmp_path / "text")  # from the cache
+    assert all(w is True for w in loads)
+    for path in (tmp_path / "text").rglob("*"):  # every cache file a pickle that runs code
+        if path.is_file():
+            _plant(path, marker)
+    try:
+        load_listops(root, cache_dir=tmp_path / "text")
+    except Exception:  # noqa: BLE001 - refusing is fine, running the pickle is not
+        pass
+    assert not marker.exists()
