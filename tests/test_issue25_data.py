@@ -79,3 +79,43 @@ def test_modelnet_and_text_caches_load_tensors_only(tmp_path, monkeypatch):
     except Exception:  # noqa: BLE001 - refusing is fine, running the pickle is not
         pass
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ ModelNet40 split files
+def test_modelnet_reads_a_bom_and_names_a_non_utf8_byte(tmp_path):
+    from bixt.data.modelnet import ModelNetDataError, load_modelnet40
+    from test_modelnet import CLASSES, write_modelnet_folder
+
+    folder = write_modelnet_folder(tmp_path / "mn")
+    names = folder / "modelnet40_shape_names.txt"
+    names.write_bytes(b"\xef\xbb\xbf" + names.read_bytes())  # a BOM, as Notepad writes
+    _, labels, classes, _ = load_modelnet40(folder, "train", num_points=16, cache_dir=tmp_path / "cache")
+    assert classes == list(CLASSES) and labels[0] == 0  # airplane_0001 is an airplane
+    split = folder / "modelnet40_test.txt"
+    split.write_bytes(split.read_bytes().replace(b"vase_0004", b"vase_0004\xe9"))  # Latin-1 é
+    lineno = split.read_bytes().split(b"\n").index(b"vase_0004\xe9") + 1
+    with pytest.raises(ModelNetDataError) as info:
+        load_modelnet40(folder, "test", num_points=16, cache_dir=tmp_path / "cache")
+    assert f"{split}:{lineno}:" in info.value.message and "UTF-8" in info.value.message
+
+
+def test_modelnet_warns_of_repeats_and_overlap_and_refuses_a_one_point_shape(tmp_path, caplog):
+    from bixt.data.modelnet import ModelNetDataError, load_modelnet40
+    from test_modelnet import write_modelnet_folder
+
+    folder = write_modelnet_folder(tmp_path / "mn")
+    kw = dict(num_points=16, cache_dir=tmp_path / "cache")
+    train, test = folder / "modelnet40_train.txt", folder / "modelnet40_test.txt"
+    train.write_text(train.read_text() + "vase_0001\n")
+    test.write_text(test.read_text() + "airplane_0002\n")
+    with caplog.at_level(logging.WARNING, logger="bixt.data.modelnet"):
+        pts, *_ = load_modelnet40(folder, "train", **kw)
+        load_modelnet40(folder, "test", **kw)
+    assert pts.shape[0] == 9  # the repeat is read once
+    assert "lists 1 shape(s) more than once, e.g. 'vase_0001' (lines 7, 10)" in caplog.text
+    assert "1 shape(s) are listed in both" in caplog.text and "airplane_0002" in caplog.text
+    one_point = folder / "vase" / "vase_0002.txt"
+    one_point.write_text("0.1,0.2,0.3,0,0,1\n")
+    with pytest.raises(ModelNetDataError) as info:
+        load_modelnet40(folder, "train", **kw)
+    assert str(one_point) in info.value.message and "1 point(s)" in info.value.message
