@@ -119,3 +119,47 @@ def test_modelnet_warns_of_repeats_and_overlap_and_refuses_a_one_point_shape(tmp
     with pytest.raises(ModelNetDataError) as info:
         load_modelnet40(folder, "train", **kw)
     assert str(one_point) in info.value.message and "1 point(s)" in info.value.message
+
+
+# ------------------------------------------------------------------ ListOps targets and options
+@pytest.mark.parametrize("target", ["nan", "inf", "-inf"])
+def test_listops_nan_or_inf_target_names_file_and_line(tmp_path, target):
+    from bixt.data.listops import ListOpsFormatError, load_listops
+    from test_listops import write_folder
+
+    root = write_folder(tmp_path / "lo", copies=1)
+    path = root / "basic_val.tsv"
+    path.write_text(path.read_text().replace("\t3\n", f"\t{target}\n"))
+    with pytest.raises(ListOpsFormatError) as info:
+        load_listops(root, cache_dir=tmp_path / "cache")
+    assert info.value.message == (f"{path}:3: target must be an integer 0-9 (the expression's value), "
+                                  f"got {target!r}")
+
+
+def test_listops_unknown_on_too_long_names_the_key_before_reading(tmp_path):
+    from bixt.data.listops import ListOpsFormatError, load_embedded, load_listops
+    from test_listops import write_folder
+
+    root = write_folder(tmp_path / "lo", copies=1)
+    for load in (lambda: load_listops(root, on_too_long="cut", cache_dir=tmp_path / "cache"),
+                 lambda: load_embedded({"train": 2}, on_too_long="cut", min_length=2, max_length=20)):
+        with pytest.raises(ListOpsFormatError) as info:
+            load()
+        assert info.value.message == "data.on_too_long='cut' is not an option; choose one of truncate, fail"
+
+
+def test_listops_targets_that_disagree_with_the_expression_are_counted(tmp_path, caplog):
+    from bixt.data.listops import load_listops
+    from test_listops import write_folder
+
+    root = write_folder(tmp_path / "lo", copies=2)
+    path = root / "basic_train.tsv"
+    lines = path.read_text().splitlines()
+    for i in (2, 5, 8):  # "[MIN 5 3" is 3, not 4 (1-based file lines 3, 6, 9)
+        lines[i] = lines[i].replace("\t9", "\t4").replace("\t3", "\t4").replace("\t6", "\t4")
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="bixt.data.listops"):
+        splits = load_listops(root, cache_dir=tmp_path / "cache")
+    assert f"{path}: 3 of 8 targets differ from their expression's value" in caplog.text
+    assert f"first at {path}:3, {path}:6, {path}:9;" in caplog.text
+    assert "basic_val.tsv: " not in caplog.text and len(splits["train"]) == 8
