@@ -163,3 +163,97 @@ def test_listops_targets_that_disagree_with_the_expression_are_counted(tmp_path,
     assert f"{path}: 3 of 8 targets differ from their expression's value" in caplog.text
     assert f"first at {path}:3, {path}:6, {path}:9;" in caplog.text
     assert "basic_val.tsv: " not in caplog.text and len(splits["train"]) == 8
+
+
+def test_a_slide_step_larger_than_the_window_names_both_keys():
+    from bixt.data.seg_transforms import check_slide_window
+
+    check_slide_window((64, 64), (64, 32))
+    check_slide_window(None, (80, 80))  # whole-image evaluation: no window
+    with pytest.raises(ValueError, match=r"data.eval_stride=\[80, 80\] is larger than the sliding window "
+                                         r"data.eval_crop=\[64, 64\]"):
+        check_slide_window((64, 64), (80, 80))
+
+
+# ------------------------------------------------------------------ EXIF orientation
+def _tagged_jpeg(path: Path, upright: "np.ndarray", orientation: int = 6) -> None:
+    """Save ``upright`` (H, W, 3) as a JPEG whose stored pixels are turned, with the EXIF Orientation
+    tag that turns them back (6: the viewer turns the stored pixels 90 degrees clockwise)."""
+    import numpy as np
+    from PIL import Image
+
+    stored = np.rot90(upright, k=1)  # counter-clockwise: the tag's clockwise turn undoes it
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored)).save(path, quality=100, subsampling=0, exif=exif)
+
+
+def _quadrants(height: int, width: int) -> "np.ndarray":
+    import numpy as np
+
+    img = np.zeros((height, width, 3), np.uint8)
+    img[: height // 2, : width // 2] = (255, 0, 0)  # top left red, as every viewer shows it
+    img[height // 2:, width // 2:] = (0, 0, 255)
+    return img
+
+
+def test_image_folders_and_hf_images_are_read_upright(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from bixt.data.images import HFImageDataset, ImageFolderDataset
+
+    upright = _quadrants(32, 48)
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    _tagged_jpeg(tmp_path / "f" / "a" / "x.jpg", upright)
+    assert Image.open(tmp_path / "f" / "a" / "x.jpg").size == (32, 48)  # stored turned
+    img, _ = ImageFolderDataset(tmp_path / "f")[0]
+    assert img.size == (48, 32) and np.abs(np.asarray(img).astype(int) - upright).mean() < 8
+
+    import datasets
+
+    split = datasets.Dataset.from_dict({"image": [str(tmp_path / "f" / "a" / "x.jpg")], "label": [0]}).cast_column(
+        "image", datasets.Image())
+    img, _ = HFImageDataset(split)[0]
+    assert img.size == (48, 32) and np.abs(np.asarray(img).astype(int) - upright).mean() < 8
+
+
+def _ade_with_tagged_image(tmp_path: Path, annotation: "np.ndarray", height=32, width=48):
+    import numpy as np
+    from PIL import Image
+
+    from test_ade20k_data import write_ade_folder
+
+    base = write_ade_folder(tmp_path / "ade", train_sizes=[(32, 32)] * 2, val_sizes=[(32, 32)] * 2)
+    _tagged_jpeg(base / "images" / "validation" / "ADE_val_00000001.jpg", _quadrants(height, width))
+    Image.fromarray(annotation.astype(np.uint8), mode="L").save(
+        base / "annotations" / "validation" / "ADE_val_00000001.png")
+    return base
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (32, 48)], ids=["square", "non-square"])
+def test_ade20k_images_are_upright_and_match_their_annotation(tmp_path, height, width):
+    import numpy as np
+
+    from bixt.data.ade20k import _FolderSource, read_ade20k_split
+
+    upright = _quadrants(height, width)
+    annotation = 1 + (upright[..., 0] > 128) + 2 * (upright[..., 2] > 128)  # painted on the upright image
+    base = _ade_with_tagged_image(tmp_path, annotation, height, width)
+    pairs = read_ade20k_split(base, "validation", num_classes=4)
+    image, labels, _ = _FolderSource(pairs, 4, True).load(0)
+    red = (image[0] > 128) & (image[2] < 128)
+    assert labels.shape == (height, width) and bool((labels[red] == 1).float().mean() > 0.9)
+
+
+def test_ade20k_size_mismatch_from_the_orientation_says_so(tmp_path):
+    import numpy as np
+
+    from bixt.data.ade20k import ADE20KDataError, read_ade20k_split
+
+    stored_size = np.ones((48, 32))  # drawn on the stored (turned) pixels, not the upright image
+    base = _ade_with_tagged_image(tmp_path, stored_size)
+    with pytest.raises(ADE20KDataError) as info:
+        read_ade20k_split(base, "validation", num_classes=4)
+    assert "ADE_val_00000001.png: annotation is 32x48 (WxH) but its image" in info.value.message
+    assert "is 48x32 as shown upright: the image has EXIF Orientation=6" in info.value.message
