@@ -257,3 +257,71 @@ def test_ade20k_size_mismatch_from_the_orientation_says_so(tmp_path):
         read_ade20k_split(base, "validation", num_classes=4)
     assert "ADE_val_00000001.png: annotation is 32x48 (WxH) but its image" in info.value.message
     assert "is 48x32 as shown upright: the image has EXIF Orientation=6" in info.value.message
+
+
+# ------------------------------------------------------------------ image folders: one file, one label
+def test_an_image_linked_into_a_second_class_is_refused_naming_the_link(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from bixt.data.images import ImageFolderDataset
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / c / f"{c}{i}.png")
+    (tmp_path / "a" / "from_b").symlink_to(tmp_path / "b", target_is_directory=True)
+    with pytest.raises(DataError) as info:
+        ImageFolderDataset(tmp_path)
+    link = tmp_path / "a" / "from_b" / "b0.png"
+    assert info.value.message.startswith(f"{link} (class 'a') links to {tmp_path / 'b' / 'b0.png'}, which is also ")
+    (tmp_path / "a" / "from_b").unlink()
+    (tmp_path / "a" / "again.png").symlink_to(tmp_path / "a" / "a0.png")  # within its class: read once
+    assert len(ImageFolderDataset(tmp_path)) == 4
+
+
+# ------------------------------------------------------------------ ADE20K checks at start
+def test_ade20k_validation_without_labelled_pixels_warns_when_built(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from test_ade20k_data import ade_cfg, build_semseg_datasets, write_ade_folder
+
+    base = write_ade_folder(tmp_path / "ade")
+    for path in (base / "annotations" / "validation").iterdir():
+        Image.fromarray(np.zeros(Image.open(path).size[::-1], np.uint8), mode="L").save(path)  # all "other"
+    with caplog.at_level(logging.WARNING, logger="bixt.data.ade20k"):
+        build_semseg_datasets(ade_cfg(base))
+    assert "the 3 annotations hold no labelled pixel" in caplog.text and "data.reduce_zero_label" in caplog.text
+
+
+def test_ade20k_mode_1_annotation_is_named_as_such(tmp_path):
+    from PIL import Image
+
+    from bixt.data.ade20k import ADE20KDataError, read_ade20k_split
+    from test_ade20k_data import write_ade_folder
+
+    base = write_ade_folder(tmp_path / "ade")
+    path = base / "annotations" / "validation" / "ADE_val_00000002.png"
+    Image.open(path).convert("1").save(path)
+    with pytest.raises(ADE20KDataError) as info:
+        read_ade20k_split(base, "validation")
+    assert "annotation has mode 1 (1-bit black and white" in info.value.message and "RGB" not in info.value.message
+
+
+def test_ade20k_pairs_names_in_either_unicode_normalisation(tmp_path):
+    import unicodedata
+
+    from bixt.data.ade20k import ADE20KDataError, read_ade20k_split
+    from test_ade20k_data import write_ade_folder
+
+    base = write_ade_folder(tmp_path / "ade")
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    images, annotations = base / "images" / "validation", base / "annotations" / "validation"
+    (images / "ADE_val_00000001.jpg").rename(images / f"{nfc}.jpg")
+    (annotations / "ADE_val_00000001.png").rename(annotations / f"{nfd}.png")
+    pairs = read_ade20k_split(base, "validation")
+    assert (images / f"{nfc}.jpg", annotations / f"{nfd}.png") in pairs
+    (images / "ADE_val_00000002.jpg").rename(images / f"{nfd}.jpg")
+    with pytest.raises(ADE20KDataError, match="the same name in two Unicode normalisations"):
+        read_ade20k_split(base, "validation")
