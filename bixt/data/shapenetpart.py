@@ -190,7 +190,7 @@ def load_processed(path: str | os.PathLike, cache_root: Path) -> tuple:
         raise refuse(f"cannot be read as tensors and plain data ({type(err).__name__}: "
                      f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
     if not (isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[0], (dict, Data))
-            and isinstance(out[1], dict)):
+            and (out[1] is None or isinstance(out[1], dict))):  # None: a split of one shape
         raise refuse("does not hold (data, slices)")
     return out
 
