@@ -250,7 +250,7 @@ def _upright_size(img: Image.Image) -> tuple[tuple[int, int], int]:
 
 def _upright(img: Image.Image) -> Image.Image:
     """The image as every viewer shows it: the EXIF Orientation tag (phones store rotation there) applied."""
-    return ImageOps.exif_transpose(img)
+    return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img  # no copy for an untagged one
 
 
 def _size_mismatch(ann_where: str, ann_size: tuple[int, int], image_what: str, img_size: tuple[int, int],
@@ -300,7 +300,6 @@ def _annotation(source: Any, where: str) -> np.ndarray:
         raise ADE20KDataError(f"cannot read annotation {where}: {type(err).__name__}: {err}; "
                               "replace or remove it") from None
     with img:
-        _annotation_array(img, where)  # the mode check, before any transposing
         return _annotation_array(_upright(img), where)  # upright like its image (annotations rarely carry the tag)
 
 

@@ -267,7 +267,9 @@ def _open_rgb(source: Any) -> Image.Image:
     with Image.open(source) as img:
         # upright as every viewer shows it (a phone's JPEG stores its rotation in the EXIF
         # Orientation tag); decoding here makes truncated files fail here
-        return ImageOps.exif_transpose(img).convert("RGB")
+        rgb = img.convert("RGB")
+    ImageOps.exif_transpose(rgb, in_place=True)  # in place: no copy for the (usual) untagged image
+    return rgb
 
 
 def _is_hidden(name: str) -> bool:
