@@ -261,11 +261,11 @@ def _size_mismatch(ann_where: str, ann_size: tuple[int, int], image_what: str, i
             f"{img_size[0]}x{img_size[1]}")
     turned = (img_orientation in _QUARTER_TURNS) != (ann_orientation in _QUARTER_TURNS)
     if turned and ann_size == img_size[::-1]:
-        which = "the image" if img_orientation in _QUARTER_TURNS else "the annotation"
-        tag = img_orientation if img_orientation in _QUARTER_TURNS else ann_orientation
-        return (f"{text} as shown upright: {which} has EXIF Orientation={tag}, a quarter turn, and the other matches "
-                f"its unturned pixels. Images are used as viewers show them: make the annotation match the upright "
-                "image, or remove the Orientation tag if the pixels are already upright")
+        tagged, tag, other = ("the image", img_orientation, "the annotation") if img_orientation in _QUARTER_TURNS \
+            else ("the annotation", ann_orientation, "the image")
+        return (f"{text} as shown upright: {tagged} has EXIF Orientation={tag} (a quarter turn) and {other} matches "
+                f"its stored, unturned pixels. Images and annotations are used as viewers show them: make the "
+                "annotation match the upright image, or remove the Orientation tag if the pixels are already upright")
     return f"{text}; expected the same size (labels are per pixel)"
 
 

@@ -377,14 +377,11 @@ class ImageFolderDataset(_BadImagePolicy, Dataset):
             log.warning("class folder(s) %s are empty: those classes have no samples here", _listing(empty, 10))
         if not samples:
             raise FileNotFoundError(f"no images ({kinds}) found under {self.root}/<class>/")
-        samples = one_label_per_file(samples, self.classes_by_index())
+        samples = one_label_per_file(samples, {i: c for c, i in self.class_to_idx.items()})
         self.samples = sorted(samples, key=lambda s: natural_key(s[0]))
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
         self.transform = transform
         self._init_policy(on_bad_image)
-
-    def classes_by_index(self) -> dict[int, str]:
-        return {i: c for c, i in self.class_to_idx.items()}
 
     def __len__(self) -> int:
         return len(self.samples)

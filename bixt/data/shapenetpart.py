@@ -187,8 +187,8 @@ def load_processed(path: str | os.PathLike, cache_root: Path) -> tuple:
     try:
         out = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - an unsafe pickle, a truncated file, ...
-        raise refuse(f"cannot be read as tensors and plain data ({type(err).__name__}: "
-                     f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})") from None
+        # torch's own text would suggest loading it unsafely: only its type is shown
+        raise refuse(f"cannot be read as tensors and plain data ({type(err).__name__})") from None
     if not (isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[0], (dict, Data))
             and (out[1] is None or isinstance(out[1], dict))):  # None: a split of one shape
         raise refuse("does not hold (data, slices)")
