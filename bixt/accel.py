@@ -10,7 +10,9 @@ ops. bf16 autocast, autograd, CUDA and ``torch.compile`` always take the plain o
 CPU inference, ``torch.compile`` fuses on its own).
 
 The copy is a snapshot: its weights are buffers taken when :func:`optimize` ran. After the
-original model's weights change (an optimizer step, a checkpoint load, EMA), call it again.
+original model's weights change (an optimizer step, a checkpoint load, EMA), call it again. Edits
+to the copy's own weights (``load_state_dict``, or in place: ``fast.head.weight.mul_(2)``) are
+followed: the packed form is rebuilt when its weight no longer equals the one it was packed from.
 """
 from __future__ import annotations
 
@@ -92,14 +94,18 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         # One packed copy serves every row count. Not a buffer: an opaque oneDNN tensor, rebuilt
         # from `weight` after a copy or a move (and then built by whichever thread gets there first:
-        # the same tensor either way).
-        self._packed: Optional[torch.Tensor] = None
+        # the same tensor either way). It cannot be read back, so the weight it was packed from is
+        # kept beside it: comparing the two finds any edit of `weight` (in place, through `.data`,
+        # numpy or a new tensor), which no counter or pointer check does. The comparison reads the
+        # weight, as the GEMM does for every row: small next to a GEMM over many rows.
+        self._packed: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     def _packed_weight(self) -> torch.Tensor:
         packed = self._packed
-        if packed is None:
-            packed = self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight)
-        return packed
+        if packed is None or not torch.equal(packed[1], self.weight):
+            source = self.weight.clone()
+            packed = self._packed = (torch.ops.mkldnn._reorder_linear_weight(source), source)
+        return packed[0]
 
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         if _packed_path(x) and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:

@@ -105,3 +105,20 @@ def test_packed_copies_follow_device_and_dtype_moves():
         torch.testing.assert_close(layer(x.double()), torch.nn.functional.linear(x.double(), layer.weight, layer.bias))
         layer.float()
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
+def test_optimized_copy_follows_in_place_edits_of_its_own_weights():
+    # issue 25: edits in place (or through .data / numpy) left the packed copy on the old weights
+    model = tiny_model()
+    fast = accel.optimize(model)
+    x = images(3)
+    with torch.no_grad():
+        fast(x)  # packs every linear
+        edits = (lambda m: m.head.weight.mul_(2.0),
+                 lambda m: m.head.bias.add_(1.0),
+                 lambda m: m.encoder.blocks[0].cross.mlp_latents.fc1.weight.data.add_(0.05),
+                 lambda m: m.encoder.blocks[1].cross.mlp_latents.fc2.weight.numpy().__imul__(0.5))
+        for edit in edits:
+            edit(model)
+            edit(fast)
+            torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)

@@ -140,19 +140,28 @@ def test_out_of_range_label_names_file_value_count_and_range(tmp_path):
     raw[:2, :3] = 151   # 6 pixels
     raw[5, 5] = 255     # the ignore value is allowed
     Image.fromarray(raw, mode="L").save(path)
-    _, val, _ = build_semseg_datasets(ade_cfg(base, num_classes=150))
-    val[0]  # the other samples load
+    # the validation annotations are scanned when the data is built (not at the first evaluation)
     with pytest.raises(ADE20KDataError, match=r"ADE_val_00000002.png: label value 151 in 6 pixel\(s\); expected "
                                               r"0 = other \(ignored\), 1..150 for data.num_classes=150, or 255"):
-        val[1]
+        build_semseg_datasets(ade_cfg(base, num_classes=150))
     # with 4 classes, 5 is already out of range; data.num_classes fixes a folder with another label set
     raw[:2, :3] = 5
     Image.fromarray(raw, mode="L").save(path)
-    _, val4, _ = build_semseg_datasets(ade_cfg(base, num_classes=4))
     with pytest.raises(ADE20KDataError, match=r"label value 5 in 6 pixel\(s\); expected 0 = other \(ignored\), 1..4"):
-        val4[1]
+        build_semseg_datasets(ade_cfg(base, num_classes=4))
     _, val5, classes = build_semseg_datasets(ade_cfg(base, num_classes=5))
     assert int(val5[1]["labels"][0, 0]) == 4 and int(val5[1]["labels"][5, 5]) == 255 and len(classes) == 5
+    # training annotations (the large split) are checked as each sample is loaded
+    raw[:2, :3] = 1
+    Image.fromarray(raw, mode="L").save(path)
+    train_path = base / "annotations" / "training" / "ADE_train_00000002.png"
+    train_raw = np.asarray(Image.open(train_path)).copy()
+    train_raw[:2, :3] = 5
+    Image.fromarray(train_raw, mode="L").save(train_path)
+    train4, _, _ = build_semseg_datasets(ade_cfg(base, num_classes=4))
+    train4[0]  # the other samples load
+    with pytest.raises(ADE20KDataError, match=r"ADE_train_00000002.png: label value 5 in 6 pixel\(s\)"):
+        train4[1]
 
 
 def test_palette_and_16_bit_annotations_are_single_channel(tmp_path):

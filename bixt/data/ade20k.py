@@ -12,23 +12,28 @@
 * ``scenes``: :mod:`bixt.data.scenes`, generated in memory (labels already 0..C-1).
 
 Samples are ``{"image": float (3, H, W) normalised with the ImageNet mean/std, "labels": long (H, W)
-(255 = ignore), "name": str}``. Checking every pixel of 20k annotations up front would take minutes,
-so label values are checked when a sample is loaded (:class:`ADE20KDataError` names the file, the
-value, its pixel count and the valid range); pairing, single-channel annotations and matching sizes
-are checked when the split is read (modes and sizes come from the PNG headers, no decoding).
+(255 = ignore), "name": str}``. Checking every pixel of 20k training annotations up front would take
+minutes, so their label values are checked when a sample is loaded (:class:`ADE20KDataError` names
+the file, the value, its pixel count and the valid range); the (smaller) evaluation split is scanned
+when its dataset is made (:meth:`SegmentationDataset.check_label_values`), so that a bad value is not
+found hours into a run, at the first evaluation. Pairing (by file stem, Unicode-normalised),
+single-channel annotations and matching sizes are checked when the split is read (modes and sizes
+come from the headers, no decoding). Images are used upright as viewers show them (the EXIF
+Orientation tag applied), and so are annotations.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from bixt.constraints import Ascending, Node, Range
@@ -100,7 +105,17 @@ def _value_counts(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def map_labels(raw: np.ndarray, num_classes: int, reduce_zero_label: bool, where: str) -> torch.Tensor:
     """File values -> training labels (long, 255 = ignore), or :class:`ADE20KDataError` for a value
     outside the label set, naming ``where``, the value, its pixel count and the valid range."""
-    values, counts = _value_counts(raw)
+    _check_values(*_value_counts(raw), num_classes, reduce_zero_label, where)
+    labels = torch.from_numpy(raw.astype(np.int64, copy=False))
+    if reduce_zero_label:
+        labels = torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
+    return labels
+
+
+def _check_values(values: np.ndarray, counts: np.ndarray, num_classes: int, reduce_zero_label: bool,
+                  where: str) -> int:
+    """The number of labelled (not ignored) pixels among file ``values`` with ``counts``, or
+    :class:`ADE20KDataError` for a value outside the label set."""
     low, high = (1, num_classes) if reduce_zero_label else (0, num_classes - 1)
     bad = [(int(v), int(c)) for v, c in zip(values, counts)
            if not (low <= v <= high) and v != IGNORE_INDEX and not (reduce_zero_label and v == 0)]
@@ -112,17 +127,19 @@ def map_labels(raw: np.ndarray, num_classes: int, reduce_zero_label: bool, where
             f"{where}: label value {value} in {count} pixel(s){others}; expected {zero}{low}..{high} for "
             f"data.num_classes={num_classes}, or {IGNORE_INDEX} (ignore). Set data.num_classes for a folder with "
             "another label set, or fix the annotation")
-    labels = torch.from_numpy(raw.astype(np.int64, copy=False))
-    if reduce_zero_label:
-        labels = torch.where((labels == 0) | (labels == IGNORE_INDEX), IGNORE_INDEX, labels - 1)
-    return labels
+    return int(sum(c for v, c in zip(values, counts) if low <= v <= high))
 
 
 def _annotation_array(img: Image.Image, where: str) -> np.ndarray:
     if img.mode not in SINGLE_CHANNEL_MODES:
-        raise ADE20KDataError(f"{where}: annotation has mode {img.mode} ({len(img.getbands())} channels); expected a "
-                              f"single-channel label image (PNG mode L, P or I;16) holding one class index per pixel. "
-                              "A colour-coded (RGB) mask must be converted to class indices first")
+        if img.mode == "1":
+            found, fix = "mode 1 (1-bit black and white: two values, not class indices)", "Save it as mode L with " \
+                "the class index of each pixel"
+        else:
+            found, fix = f"mode {img.mode} ({len(img.getbands())} channels)", "A colour-coded mask must be " \
+                "converted to class indices first"
+        raise ADE20KDataError(f"{where}: annotation has {found}; expected a single-channel label image (PNG mode L, P "
+                              f"or I;16) holding one class index per pixel. {fix}")
     # a palette (P) PNG stores the class index as the palette index: np.asarray reads the index, not the colour
     return np.asarray(img)
 
@@ -151,10 +168,14 @@ def _files(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
             continue
         path = Path(entry.path)
         if path.suffix.lower() in suffixes:
-            if path.stem in found:
-                raise ADE20KDataError(f"{folder}: two files for {path.stem!r} ({found[path.stem].name}, {path.name}); "
-                                      "keep one")
-            found[path.stem] = path
+            # one name typed on two systems may arrive composed (NFC, macOS-copied files: NFD): pair by the text
+            stem = unicodedata.normalize("NFC", path.stem)
+            if stem in found:
+                twins = " (the same name in two Unicode normalisations, NFC and NFD)" \
+                    if found[stem].stem != path.stem else ""
+                raise ADE20KDataError(f"{folder}: two files for {stem!r}{twins} ({found[stem].name!r}, "
+                                      f"{path.name!r}); keep one")
+            found[stem] = path
     return found
 
 
@@ -201,17 +222,53 @@ def check_pair(image_path: Path, ann_path: Path) -> None:
         with Image.open(ann_path) as ann:
             if ann.mode not in SINGLE_CHANNEL_MODES:
                 _annotation_array(ann, str(ann_path))  # raises the mode error
-            ann_size = ann.size
+            ann_size, ann_turned = _upright_size(ann)
         with Image.open(image_path) as img:
-            img_size = img.size
+            img_size, img_turned = _upright_size(img)
     except ADE20KDataError:
         raise
     except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
         raise ADE20KDataError(f"cannot read the header of {ann_path} or {image_path}: {type(err).__name__}: {err}; "
                               "replace or remove the pair") from None
     if img_size != ann_size:
-        raise ADE20KDataError(f"{ann_path}: annotation is {ann_size[0]}x{ann_size[1]} (WxH) but its image {image_path} "
-                              f"is {img_size[0]}x{img_size[1]}; expected the same size (labels are per pixel)")
+        raise ADE20KDataError(_size_mismatch(str(ann_path), ann_size, f"its image {image_path}", img_size,
+                                             img_turned, ann_turned))
+
+
+#: EXIF Orientation values that swap width and height (a quarter turn, possibly mirrored)
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation(img: Image.Image) -> int:
+    return int(img.getexif().get(0x0112, 1) or 1)  # 0x0112: the EXIF Orientation tag
+
+
+def _upright_size(img: Image.Image) -> tuple[tuple[int, int], int]:
+    """``(width, height)`` as shown once the EXIF orientation is applied (header only), and the orientation."""
+    orientation = _orientation(img)
+    w, h = img.size
+    return ((h, w) if orientation in _QUARTER_TURNS else (w, h)), orientation
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as every viewer shows it: the EXIF Orientation tag (phones store rotation there) applied."""
+    return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img  # no copy for an untagged one
+
+
+def _size_mismatch(ann_where: str, ann_size: tuple[int, int], image_what: str, img_size: tuple[int, int],
+                   img_orientation: int, ann_orientation: int = 1) -> str:
+    """The message for an annotation whose (upright) size is not its image's; it names the EXIF
+    orientation when that is what makes them differ."""
+    text = (f"{ann_where}: annotation is {ann_size[0]}x{ann_size[1]} (WxH) but {image_what} is "
+            f"{img_size[0]}x{img_size[1]}")
+    turned = (img_orientation in _QUARTER_TURNS) != (ann_orientation in _QUARTER_TURNS)
+    if turned and ann_size == img_size[::-1]:
+        tagged, tag, other = ("the image", img_orientation, "the annotation") if img_orientation in _QUARTER_TURNS \
+            else ("the annotation", ann_orientation, "the image")
+        return (f"{text} as shown upright: {tagged} has EXIF Orientation={tag} (a quarter turn) and {other} matches "
+                f"its stored, unturned pixels. Images and annotations are used as viewers show them: make the "
+                "annotation match the upright image, or remove the Orientation tag if the pixels are already upright")
+    return f"{text}; expected the same size (labels are per pixel)"
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -226,13 +283,15 @@ class _NamedBytes(io.BytesIO):
         return self.where
 
 
-def _rgb_tensor(source: Any, where: str) -> torch.Tensor:
+def _rgb_tensor(source: Any, where: str) -> tuple[torch.Tensor, int]:
+    """The upright image (3, H, W) uint8 and its EXIF orientation."""
     try:
         with Image.open(source) as img:
-            rgb = np.asarray(img.convert("RGB"))
+            orientation = _orientation(img)
+            rgb = np.asarray(_upright(img).convert("RGB"))
     except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
         raise ADE20KDataError(f"cannot read image {where}: {type(err).__name__}: {err}; replace or remove it") from None
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous(), orientation
 
 
 def _annotation(source: Any, where: str) -> np.ndarray:
@@ -243,7 +302,11 @@ def _annotation(source: Any, where: str) -> np.ndarray:
         raise ADE20KDataError(f"cannot read annotation {where}: {type(err).__name__}: {err}; "
                               "replace or remove it") from None
     with img:
-        return _annotation_array(img, where)
+        return _annotation_array(_upright(img), where)  # upright like its image (annotations rarely carry the tag)
+
+
+def _annotation_value_counts(source: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    return _value_counts(_annotation(source, where))
 
 
 class _FolderSource:
@@ -254,13 +317,17 @@ class _FolderSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def annotations(self) -> list[tuple[Any, str]]:
+        """``(source, where)`` of every annotation, for the label scan."""
+        return [(ann, str(ann)) for _, ann in self.pairs]
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         image_path, ann_path = self.pairs[index]
-        image = _rgb_tensor(image_path, str(image_path))
+        image, orientation = _rgb_tensor(image_path, str(image_path))
         raw = _annotation(ann_path, str(ann_path))
         if raw.shape != tuple(image.shape[-2:]):
-            raise ADE20KDataError(f"{ann_path}: annotation is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image "
-                                  f"{image_path} is {image.shape[2]}x{image.shape[1]}; expected the same size")
+            raise ADE20KDataError(_size_mismatch(str(ann_path), raw.shape[::-1], f"its image {image_path}",
+                                                 (image.shape[2], image.shape[1]), orientation))
         return image, map_labels(raw, self.num_classes, self.reduce_zero_label, str(ann_path)), image_path.stem
 
 
@@ -291,16 +358,24 @@ class _HFSource:
     def _src(self, item: dict, where: str) -> Any:
         return _NamedBytes(item["bytes"], where) if item.get("bytes") else item["path"]
 
+    def annotations(self) -> Any:
+        """``(source, where)`` of every annotation, for the label scan (read lazily, one row at a time)."""
+        column = self.split.select_columns([self.label_column])
+        for index in range(len(column)):
+            item = column[index][self.label_column]
+            where = self._where(item, index, self.label_column)
+            yield self._src(item, where), where
+
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         row = self.split[index]
         img_item, ann_item = row[self.image_column], row[self.label_column]
         img_where = self._where(img_item, index, self.image_column)
         ann_where = self._where(ann_item, index, self.label_column)
-        image = _rgb_tensor(self._src(img_item, img_where), img_where)
+        image, orientation = _rgb_tensor(self._src(img_item, img_where), img_where)
         raw = _annotation(self._src(ann_item, ann_where), ann_where)
         if raw.shape != tuple(image.shape[-2:]):
-            raise ADE20KDataError(f"{ann_where}: annotation is {raw.shape[1]}x{raw.shape[0]} (WxH) but the image is "
-                                  f"{image.shape[2]}x{image.shape[1]}; expected the same size")
+            raise ADE20KDataError(_size_mismatch(ann_where, raw.shape[::-1], "the image", (image.shape[2],
+                                                 image.shape[1]), orientation))
         stem = Path(img_item["path"]).stem if img_item.get("path") else f"{index:08d}"
         return image, map_labels(raw, self.num_classes, self.reduce_zero_label, ann_where), stem
 
@@ -318,13 +393,47 @@ class _TensorSource:
 
 class SegmentationDataset(Dataset):
     """Map-style dataset over a source of ``(image uint8 (3, H, W), labels (H, W), name)``, applying
-    a joint ``transform(image, labels) -> (image float, labels long)``."""
+    a joint ``transform(image, labels) -> (image float, labels long)``.
 
-    def __init__(self, *, source: Any, transform: Callable, class_names: Sequence[str]) -> None:
+    ``check_labels``: scan every annotation's values now (:meth:`check_label_values`); None (the
+    default) does so for an evaluation set (a :class:`SegEvalTransform`), whose samples would
+    otherwise be read first at the first evaluation, possibly hours into a run.
+    """
+
+    def __init__(self, *, source: Any, transform: Callable, class_names: Sequence[str],
+                 check_labels: Optional[bool] = None) -> None:
         self.source = source
         self.transform = transform
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
+        if check_labels if check_labels is not None else isinstance(transform, SegEvalTransform):
+            self.check_label_values()
+
+    def check_label_values(self, threads: int = 8) -> int:
+        """Every annotation's values checked against the label set (:class:`ADE20KDataError` naming
+        the file and the ``data.*`` keys); returns the number of labelled pixels and warns when there
+        is none (every metric would be 0 without meaning)."""
+        if isinstance(self.source, _TensorSource):
+            labelled = int((self.source.labels != IGNORE_INDEX).sum())
+            where = f"the {self.source.prefix} split"
+        else:
+            annotations = self.source.annotations()
+            from tqdm import tqdm
+
+            source = self.source
+            with ThreadPoolExecutor(threads) as pool:  # PNG decoding releases the GIL
+                counts = pool.map(lambda item: (item[1], _annotation_value_counts(*item)), annotations)
+                counts = tqdm(counts, total=len(source), desc="checking label values", unit="file",
+                              disable=len(source) < 500, leave=False)
+                labelled = sum(_check_values(values, count, source.num_classes, source.reduce_zero_label, name)
+                               for name, (values, count) in counts)
+            where = f"the {len(source)} annotations"
+        if labelled == 0:
+            log.warning("%s hold no labelled pixel (every value is ignored%s): every IoU and accuracy on them is 0 "
+                        "without meaning; check the annotations and data.reduce_zero_label", where,
+                        ", 0 included: data.reduce_zero_label=true" if getattr(self.source, "reduce_zero_label", False)
+                        else "")
+        return labelled
 
     def __len__(self) -> int:
         return len(self.source)

@@ -15,10 +15,10 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import get_img_extensions
 from torch.utils.data import Dataset
 
@@ -136,7 +136,11 @@ class _BadImagePolicy:
 
 def _open_rgb(source: Any) -> Image.Image:
     with Image.open(source) as img:
-        return img.convert("RGB")  # convert() decodes the pixels, so truncated files fail here
+        # upright as every viewer shows it (a phone's JPEG stores its rotation in the EXIF
+        # Orientation tag); decoding here makes truncated files fail here
+        rgb = img.convert("RGB")
+    ImageOps.exif_transpose(rgb, in_place=True)  # in place: no copy for the (usual) untagged image
+    return rgb
 
 
 def _is_hidden(name: str) -> bool:
@@ -169,6 +173,38 @@ def find_images(folder: Path) -> list[str]:
         found += [os.path.join(current, f) for f in files
                   if not _is_hidden(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
     return found
+
+
+class LinkedImageError(DataError, ValueError):
+    """A file reached through a link under two class folders; the message names the link and its target."""
+
+
+def one_label_per_file(samples: list[tuple[str, int]], names: Mapping[int, str]) -> list[tuple[str, int]]:
+    """``samples`` with each real file once: a file that links make appear under two classes would
+    train with both labels, so that is refused naming the link and its target; one reached twice
+    within its class (a second link) is kept once, with a warning."""
+    first: dict[str, tuple[str, int]] = {}
+    kept, repeats = [], []
+    for path, label in samples:
+        real = os.path.realpath(path)
+        if real not in first:
+            first[real] = (path, label)
+            kept.append((path, label))
+            continue
+        other, other_label = first[real]
+        if other_label == label:
+            repeats.append(path)
+            continue
+        link, link_label, seen, seen_label = path, label, other, other_label
+        if os.path.realpath(other) != os.path.abspath(other) and os.path.realpath(path) == os.path.abspath(path):
+            link, link_label, seen, seen_label = other, other_label, path, label  # name the one that is a link
+        raise LinkedImageError(f"{link} (class {names[link_label]!r}) links to {real}, which is also "
+                               f"{seen} (class {names[seen_label]!r}): one file cannot have two labels; remove the "
+                               "link, or the file from one of the classes")
+    if repeats:
+        log.warning("%d image(s) are links to files already in their class, read once: %s", len(repeats),
+                    _listing(repeats, 5))
+    return kept
 
 
 class ImageFolderDataset(_BadImagePolicy, Dataset):
@@ -212,6 +248,7 @@ class ImageFolderDataset(_BadImagePolicy, Dataset):
             log.warning("class folder(s) %s are empty: those classes have no samples here", _listing(empty, 10))
         if not samples:
             raise FileNotFoundError(f"no images ({kinds}) found under {self.root}/<class>/")
+        samples = one_label_per_file(samples, {i: c for c, i in self.class_to_idx.items()})
         self.samples = sorted(samples, key=lambda s: natural_key(s[0]))
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
         self.transform = transform

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 import random
 import sys
 from collections import Counter
@@ -64,12 +65,20 @@ NUM_CLASSES = 10
 SPLITS = ("train", "val", "test")
 FILE_TEMPLATE = "basic_{split}.tsv"
 HEADER = ("Source", "Target")
-READER_VERSION = "1"
+READER_VERSION = "2"
 ON_TOO_LONG = ("truncate", "fail")
 
 
 class ListOpsFormatError(DataError, ValueError):
-    """A malformed line in a ListOps TSV file; the message names the file and line."""
+    """A malformed line in a ListOps TSV file (or a bad ``data.*`` reader option); the message names
+    the file and line (or the key) and the fix."""
+
+
+def _check_on_too_long(on_too_long: str) -> None:
+    # checked before ``datasets`` runs the reader, whose wrapper would bury the message in a traceback
+    if on_too_long not in ON_TOO_LONG:
+        raise ListOpsFormatError(f"data.on_too_long={on_too_long!r} is not an option; choose one of "
+                                 f"{', '.join(ON_TOO_LONG)}")
 
 
 def vocabulary(keep_parens: bool = False) -> TokenVocabulary:
@@ -279,20 +288,22 @@ def _parse_target(text: str, where: str) -> int:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or value != int(value) or not 0 <= value <= 9:
+    if value is None or not math.isfinite(value) or value != int(value) or not 0 <= value <= 9:
         raise ListOpsFormatError(f"{where}: target must be an integer 0-9 (the expression's value), got {text[:40]!r}")
     return int(value)
 
 
 def iter_listops_tsv(path: Union[str, Path], max_len: int = 2000, on_too_long: str = "truncate",
                      keep_parens: bool = False) -> Iterator[dict]:
-    """Parse and validate one ListOps TSV file: ``{"input_ids", "label", "length", "truncated"}`` per line.
+    """Parse and validate one ListOps TSV file: ``{"input_ids", "label", "length", "truncated", "line",
+    "value"}`` per line.
 
-    ``length`` is the token count before truncation. The header line (``Source\\tTarget``) and
-    blank lines are skipped. Raises :class:`ListOpsFormatError` naming ``path:line``.
+    ``length`` is the token count before truncation, ``line`` the line number and ``value`` the
+    expression's value (a target that differs is kept, and reported by :func:`report_disagreeing`).
+    The header line (``Source\\tTarget``) and blank lines are skipped. Raises
+    :class:`ListOpsFormatError` naming ``path:line``.
     """
-    if on_too_long not in ON_TOO_LONG:
-        raise ValueError(f"on_too_long must be one of {ON_TOO_LONG}, got {on_too_long!r}")
+    _check_on_too_long(on_too_long)
     vocab = vocabulary(keep_parens)
     path = Path(path)
     with open(path, "rb") as f:
@@ -328,20 +339,22 @@ def iter_listops_tsv(path: Union[str, Path], max_len: int = 2000, on_too_long: s
                         f"{where}: {length} tokens, longer than the task length data.max_len={max_len}; "
                         f"data.on_too_long=truncate cuts such sequences (as LRA does)")
                 ids = ids[:max_len]
-            yield {"input_ids": ids, "label": label, "length": length, "truncated": truncated}
+            yield {"input_ids": ids, "label": label, "length": length, "truncated": truncated, "line": lineno,
+                   "value": evaluate_tokens(tokens)}
 
 
 def _features():
     from datasets import Features, List, Value
 
     return Features({"input_ids": List(Value("uint8")), "label": Value("int64"), "length": Value("int32"),
-                     "truncated": Value("bool")})
+                     "truncated": Value("bool"), "line": Value("int32"), "value": Value("int8")})
 
 
 def load_listops_split(path: Union[str, Path], cache_dir: Union[str, Path], max_len: int = 2000,
                        on_too_long: str = "truncate", keep_parens: bool = False, split: Optional[str] = None):
     """One tokenised split as a cached ``datasets.Dataset`` (input_ids, label, length, truncated)."""
     path = Path(path)
+    _check_on_too_long(on_too_long)
     if not has_rows(path, skip_first=_is_header):
         which = f" (the {split!r} split)" if split else ""
         raise ListOpsFormatError(f"{path}{which} holds no expressions; expected a 'Source<TAB>Target' header "
@@ -356,6 +369,7 @@ def load_listops(root: Union[str, Path], max_len: int = 2000, on_too_long: str =
                  keep_parens: bool = False, cache_dir: Optional[Union[str, Path]] = None,
                  splits: Sequence[str] = SPLITS) -> dict:
     """Tokenised splits ``{split: datasets.Dataset}`` from ``root/basic_<split>.tsv``; truncations are logged."""
+    _check_on_too_long(on_too_long)
     root = check_data_folder(root, [FILE_TEMPLATE.format(split=s) for s in splits], "ListOps")
     cache_dir = prepare_cache_dir(cache_dir, root, "listops")
     out = {}
@@ -363,6 +377,7 @@ def load_listops(root: Union[str, Path], max_len: int = 2000, on_too_long: str =
         path = root / FILE_TEMPLATE.format(split=split)
         out[split] = load_listops_split(path, cache_dir, max_len, on_too_long, keep_parens, split)
         report_truncated(out[split], str(path), max_len)
+        report_disagreeing(out[split], str(path))
     return out
 
 
@@ -374,11 +389,26 @@ def report_truncated(dataset, name: str, max_len: int) -> int:
     return count
 
 
+def report_disagreeing(dataset, name: str, shown: int = 5) -> int:
+    """Warn, with their count and first ``file:line``, of targets that differ from the value of
+    their expression: the model is trained (or scored) against wrong answers."""
+    if not len(dataset):
+        return 0
+    wrong = np.flatnonzero(np.asarray(dataset["label"]) != np.asarray(dataset["value"]))
+    if len(wrong):
+        lines = np.asarray(dataset["line"])[wrong[:shown]]
+        log.warning("%s: %d of %d targets differ from their expression's value (LRA's semantics), first at %s; "
+                    "fix the targets or the expressions", name, len(wrong), len(dataset),
+                    ", ".join(f"{name}:{n}" for n in lines))
+    return len(wrong)
+
+
 def load_embedded(sizes: dict[str, int], seed: int = 0, max_len: int = 2000, on_too_long: str = "truncate",
                   keep_parens: bool = False, **generator_kwargs) -> dict:
     """Generated splits ``{split: datasets.Dataset}`` tokenised exactly as the files are."""
     from datasets import Dataset
 
+    _check_on_too_long(on_too_long)
     vocab = vocabulary(keep_parens)
     out = {}
     for name, rows in zip(sizes, generate_listops(list(sizes.values()), seed=seed, **generator_kwargs)):
@@ -390,7 +420,8 @@ def load_embedded(sizes: dict[str, int], seed: int = 0, max_len: int = 2000, on_
                              "lower data.max_length or raise data.max_len")
         out[name] = Dataset.from_dict(
             {"input_ids": [x[:max_len] for x in ids], "label": [t for _, t in rows], "length": lengths,
-             "truncated": too_long}, features=_features())
+             "truncated": too_long, "line": list(range(1, len(rows) + 1)), "value": [t for _, t in rows]},
+            features=_features())
         report_truncated(out[name], f"embedded {name}", max_len)
     return out
 

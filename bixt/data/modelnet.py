@@ -173,8 +173,20 @@ def _find_modelnet_folder(root: str | os.PathLike, names_file: str) -> Path:
                             f"{str(root / MODELNET_FOLDER)!r}. Point data.root at the {MODELNET_FOLDER} folder")
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a text file, UTF-8 with or without a byte-order mark (editors on Windows write one,
+    and it would otherwise stick to the first name); a byte that is not UTF-8 is named by line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        lineno = data[:err.start].count(b"\n") + 1
+        raise ModelNetDataError(f"{path}:{lineno}: byte {data[err.start:err.start + 1]!r} is not UTF-8 text; "
+                                "save the file as UTF-8 (names are plain ASCII in ModelNet40)") from None
+
+
 def _read_names(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text().splitlines()]
+    names = [line.strip() for line in _text_lines(path)]
     names = [n for n in names if n]
     if not names:
         raise ModelNetDataError(f"{str(path)!r} lists no class names (one per line expected)")
@@ -200,12 +212,16 @@ def _read_split(folder: Path, split_file: str, classes: Sequence[str]) -> list[t
         raise FileNotFoundError(f"split file {str(path)!r} is missing; ModelNet40 needs modelnet40_train.txt and "
                                 "modelnet40_test.txt listing <class>_<id> per line")
     index = {c: i for i, c in enumerate(classes)}
-    entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    entries, first_line = [], {}
+    for lineno, line in enumerate(_text_lines(path), start=1):
         shape_id = line.strip()
         if not shape_id:
             continue
         where = f"{path}:{lineno}"
+        if shape_id in first_line:
+            first_line[shape_id].append(lineno)
+            continue
+        first_line[shape_id] = [lineno]
         cls = _shape_class(shape_id, classes)
         if cls is None:
             names_path = str(folder / "modelnet40_shape_names.txt")
@@ -217,12 +233,31 @@ def _read_split(folder: Path, split_file: str, classes: Sequence[str]) -> list[t
         entries.append((shape_file, index[cls], where))
     if not entries:
         raise ModelNetDataError(f"split file {str(path)!r} lists no shapes")
+    repeated = {k: v for k, v in first_line.items() if len(v) > 1}
+    if repeated:
+        examples = ", ".join(f"{k!r} (lines {', '.join(map(str, v[:3]))})" for k, v in list(repeated.items())[:3])
+        log.warning("%s lists %d shape(s) more than once, e.g. %s: each is read once; remove the repeats",
+                    path, len(repeated), examples)
     return entries
+
+
+def _warn_overlap(folder: Path, split_file: str, names: dict[str, str]) -> None:
+    """Warn when the test split lists shapes of the training split: its accuracy would count shapes
+    the model was trained on."""
+    train_path, test_path = folder / split_file.format(split="train"), folder / split_file.format(split="test")
+    if not train_path.is_file() or not test_path.is_file():
+        return
+    train_ids = {line.strip() for line in _text_lines(train_path)} - {""}
+    both = [n for n in names if n in train_ids]
+    if both:
+        log.warning("%d shape(s) are listed in both %s and %s, e.g. %s: the test accuracy counts shapes the model "
+                    "was trained on; remove them from one of the files", len(both), train_path, test_path,
+                    ", ".join(both[:5]))
 
 
 def _bad_line(path: Path, columns: int) -> Optional[str]:
     """Describes the first row of ``path`` that is not ``columns`` finite comma-separated numbers."""
-    with open(path) as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -241,7 +276,7 @@ def _bad_line(path: Path, columns: int) -> Optional[str]:
 def read_shape_file(path: str | os.PathLike, columns: int = 6) -> np.ndarray:
     """The (N, 6) float32 rows ``x,y,z,nx,ny,nz`` of one shape file; errors name the file and line."""
     path = Path(path)
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in _text_lines(path) if line.strip()]
     if not lines:
         raise ModelNetDataError(f"shape file {str(path)!r} is empty (no points)")
     values = None
@@ -253,6 +288,20 @@ def read_shape_file(path: str | os.PathLike, columns: int = 6) -> np.ndarray:
     if values is None or not np.isfinite(values).all():
         raise ModelNetDataError(f"bad row in shape file {_bad_line(path, columns) or str(path)}")
     return values.reshape(len(lines), columns)
+
+
+def _read_usable_shape(path: Path, num_points: int, short: list[str]) -> np.ndarray:
+    """A shape's rows, refused when they cannot make a cloud (all at one position: nothing to
+    normalise to the unit sphere, nothing for the tokeniser's groups); noted in ``short`` when it
+    has fewer than ``num_points`` rows (they are repeated)."""
+    rows = read_shape_file(path)
+    pos = rows[:, :3]
+    if (pos.max(axis=0) == pos.min(axis=0)).all():
+        raise ModelNetDataError(f"shape file {str(path)!r} has {len(rows)} point(s), all at {pos[0].tolist()}: a shape "
+                                "needs points at two or more positions; remove it from the split file")
+    if len(rows) < num_points:
+        short.append(f"{path} ({len(rows)} points)")
+    return rows
 
 
 def _subsample(rows: np.ndarray, num_points: int, sampling: str) -> np.ndarray:
@@ -273,6 +322,22 @@ def _fingerprint(files: Sequence[Path], num_points: int, sampling: str) -> str:
         st = path.stat()
         digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def _load_cache(cache: Path) -> dict[str, torch.Tensor]:
+    """A cached split, read with ``weights_only=True``: the cache may be a shared folder and no file
+    in it may run code; anything but the two tensors written below is refused."""
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        ok = isinstance(blob, dict) and all(isinstance(blob.get(k), torch.Tensor) for k in ("points", "labels"))
+        why = "does not hold the tensors 'points' and 'labels'"
+    except Exception as err:  # noqa: BLE001 - an unsafe pickle, a truncated file, ...
+        ok, why = False, f"cannot be read as tensors ({type(err).__name__})"
+    if not ok:
+        raise ModelNetDataError(f"the cache file {str(cache)!r} {why}; it was not written by bixt (or is damaged) and "
+                                f"is not loaded: delete it, or its folder {str(cache.parent)!r}, to read the split "
+                                "again (or set data.force_reload=true)")
+    return blob
 
 
 def load_modelnet40(root: str | os.PathLike, split: str = "train", num_points: int = 1024, sampling: str = "first",
@@ -296,12 +361,19 @@ def load_modelnet40(root: str | os.PathLike, split: str = "train", num_points: i
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cache = cache_root / f"modelnet40-{hashlib.sha1(str(folder).encode()).hexdigest()[:12]}" / f"{split}-{key[:16]}.pt"
     names = [str(e[0]) for e in entries]
+    if split == "test":
+        _warn_overlap(folder, split_file, {e[0].stem: e[2] for e in entries})
+    short: list[str] = []
     if cache.is_file() and not force_reload:
-        blob = torch.load(cache, weights_only=True)
+        blob = _load_cache(cache)
         log.info("ModelNet40 %s: %d shapes (cache %s)", split, len(names), cache)
         return blob["points"], blob["labels"], classes, names
     log.info("ModelNet40 %s: reading %d shape files from %s (cached in %s)", split, len(entries), folder, cache)
-    points = np.stack([_subsample(read_shape_file(path), num_points, sampling) for path, _, _ in entries])
+    points = np.stack([_subsample(_read_usable_shape(path, num_points, short), num_points, sampling)
+                       for path, _, _ in entries])
+    if short:
+        log.warning("%d shape(s) of the %s split have fewer than data.num_points=%d points and repeat theirs, e.g. "
+                    "%s", len(short), split, num_points, ", ".join(short[:3]))
     labels = torch.tensor([e[1] for e in entries], dtype=torch.long)
     blob = {"points": torch.from_numpy(points), "labels": labels}
     cache.parent.mkdir(parents=True, exist_ok=True)

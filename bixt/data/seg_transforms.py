@@ -39,7 +39,7 @@ from torchvision.transforms import InterpolationMode
 IGNORE_INDEX = 255
 
 __all__ = ["IGNORE_INDEX", "SegTrainTransform", "SegEvalTransform", "collate_segmentation", "keep_ratio_size",
-           "as_pair"]
+           "as_pair", "check_slide_window"]
 
 
 def as_pair(value: Any, what: str) -> Optional[tuple[int, int]]:
@@ -55,6 +55,16 @@ def as_pair(value: Any, what: str) -> Optional[tuple[int, int]]:
     if len(pair) != 2 or min(pair) < 1:
         raise ValueError(f"{what}={list(pair)}: expected an int or a pair of positive ints")
     return pair  # type: ignore[return-value]
+
+
+def check_slide_window(window: Optional[tuple[int, int]], step: Optional[tuple[int, int]]) -> None:
+    """Sliding evaluation covers every pixel only with a step no larger than the window: checked when
+    the run starts, since the evaluation would otherwise stop at its first image, hours into a run."""
+    if window is None or step is None or (step[0] <= window[0] and step[1] <= window[1]):
+        return
+    raise ValueError(f"eval.stride={list(step)} is larger than the sliding window eval.crop={list(window)} "
+                     "(default: data.crop_size): pixels between windows would get no prediction; set "
+                     f"eval.stride to at most {list(window)} (null: 2/3 of the window)")
 
 
 def keep_ratio_size(height: int, width: int, scale: Sequence[float]) -> tuple[int, int]:

@@ -138,6 +138,19 @@ class _CheckedShapeNet(ShapeNet):
         self.source = source  # the user's folder, for error messages
         super().__init__(root, **kwargs)
 
+    # The cache may be a shared folder: no file in it may run code when read. PyG's own loading
+    # retries a refused file with weights_only=False, and its _process unpickles pre_transform.pt and
+    # pre_filter.pt that way, so both are replaced by loads that only take tensors and plain data.
+    def _process(self) -> None:
+        if self.force_reload or not all(osp.isfile(p) for p in self.processed_paths):
+            os.makedirs(self.processed_dir, exist_ok=True)
+            self.process()  # no pre_transform / pre_filter to record: bixt passes neither
+
+    def load(self, path: str, data_cls: type = Data) -> None:
+        out = load_processed(path, Path(self.root))
+        data, self.slices = out[0], out[1]
+        self.data = Data.from_dict(data) if isinstance(data, dict) else data
+
     def process_filenames(self, filenames: list[str]) -> list[Data]:
         category_index = {ShapeNet.category_ids[c]: i for i, c in enumerate(self.categories)}
         name_of = {v: k for k, v in ShapeNet.category_ids.items()}
@@ -160,6 +173,26 @@ class _CheckedShapeNet(ShapeNet):
                 data = self.pre_transform(data)
             data_list.append(data)
         return data_list
+
+
+def load_processed(path: str | os.PathLike, cache_root: Path) -> tuple:
+    """A processed file of the cache, read with ``weights_only=True`` (tensors and plain data only,
+    never code); anything else is refused naming the file and the fix."""
+    def refuse(why: str) -> ShapeNetPartDataError:
+        return ShapeNetPartDataError(
+            f"the processed cache file {str(path)!r} {why}; it was not written by bixt's ShapeNetPart reader (or is "
+            f"damaged) and is not loaded: delete the cache folder {str(cache_root)!r} (it is made again from "
+            "data.root) or set data.force_reload=true")
+
+    try:
+        out = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - an unsafe pickle, a truncated file, ...
+        # torch's own text would suggest loading it unsafely: only its type is shown
+        raise refuse(f"cannot be read as tensors and plain data ({type(err).__name__})") from None
+    if not (isinstance(out, tuple) and len(out) in (2, 3) and isinstance(out[0], (dict, Data))
+            and (out[1] is None or isinstance(out[1], dict))):  # None: a split of one shape
+        raise refuse("does not hold (data, slices)")
+    return out
 
 
 def _input_fingerprint(folder: Path, split_names: dict[str, list[str]], categories: Sequence[str]) -> str:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from bixt.data.seg_transforms import IGNORE_INDEX, as_pair
+from bixt.data.seg_transforms import IGNORE_INDEX, as_pair, check_slide_window
 from bixt.engine.task import TaskAdapter
 from bixt.metrics.semseg import SemSegEvaluator
 from bixt.models.segmentation import nearest_multiples, segment
@@ -89,4 +89,6 @@ def check_sizes(cfg: DictConfig, stride: int) -> tuple[Optional[tuple[int, int]]
             f"[{nearest_multiples(size[0], stride)}, {nearest_multiples(size[1], stride)}]"
         raise ValueError(f"{key}={list(size) if size[0] != size[1] else size[0]} is not divisible by the model's "
                          f"stride {stride}; expected a multiple of {stride} (e.g. {valid})")
+    if cfg.eval.mode == "slide":
+        check_slide_window(window, step)
     return window, step
