@@ -432,50 +432,71 @@ def _point_files(loaded: Loaded, files, skipped, strict) -> Iterator[tuple[Path,
             skipped.add(path, f"{str(err).splitlines()[0]}; this model reads {loaded.modality}", strict)
 
 
-def _predict_points(loaded: Loaded, files, skipped, *, top_k, strict, **_) -> list[dict]:
-    from bixt.data.modelnet import PointClassificationDataset
+def point_inputs(loaded: Loaded, cloud: np.ndarray, category: Optional[int] = None) -> dict[str, torch.Tensor]:
+    """A cloud's model inputs as the run's evaluation prepares them: ``pos`` (1, P, 3), ``point_mask``,
+    ``features`` (normals, when the model reads them) and, for part segmentation, ``category``."""
     data = loaded.cfg.get("data") or {}
-    normals, limit = bool(data.get("normals")), int(data.get("num_points") or 0)
-    rows = []
-    for path, cloud in _point_files(loaded, files, skipped, strict):
-        if normals and cloud.shape[1] < 6:
-            skipped.add(path, "has no normals (x,y,z,nx,ny,nz), which this model reads", strict)
-            continue
+    normals = bool(data.get("normals"))
+    if normals and cloud.shape[1] < 6:
+        raise ValueError("has no normals (x,y,z,nx,ny,nz), which this model reads")
+    if loaded.task == "points":
+        from bixt.data.modelnet import PointClassificationDataset
+        limit = int(data.get("num_points") or 0)
         cloud = cloud[:limit] if limit else cloud  # ModelNet's protocol: the first num_points rows
         six = np.zeros((cloud.shape[0], 6), np.float32)
         six[:, :min(6, cloud.shape[1])] = cloud[:, :6]
         sample = PointClassificationDataset(torch.from_numpy(six)[None], torch.zeros(1), loaded.classes or [],
-                                            normals=normals)[0][0]
-        logits = loaded.model(sample[None].to(loaded.device))
+                                            normals=normals)[0][0][None]
+        batch = {"pos": sample[..., :3], "point_mask": None, "features": sample[..., 3:] if normals else None}
+    else:
+        from torch_geometric.data import Data
+        from bixt.data.partseg import PointCloudDataset, build_point_transform, collate_point_clouds
+        pos = torch.from_numpy(cloud[:, :3].copy())
+        sample = Data(pos=pos, x=torch.from_numpy(cloud[:, 3:6].copy()) if normals else None,
+                      y=torch.zeros(len(pos), dtype=torch.long), category=torch.tensor([category or 0]))
+        data = PointCloudDataset([sample], transform=build_point_transform(None, train=False), include_normals=normals)
+        batch = collate_point_clouds([data[0]])
+        batch.pop("labels")
+        batch.setdefault("features", None)
+    return {k: (v.to(loaded.device) if v is not None else None) for k, v in batch.items()}
+
+
+def _predict_points(loaded: Loaded, files, skipped, *, top_k, strict, **_) -> list[dict]:
+    rows = []
+    for path, cloud in _point_files(loaded, files, skipped, strict):
+        try:
+            batch = point_inputs(loaded, cloud)
+        except ValueError as err:
+            skipped.add(path, str(err), strict)
+            continue
+        pos, features = batch["pos"], batch["features"]
+        logits = loaded.model(pos if features is None else torch.cat([pos, features], -1))
         labels, probs, indices = _topk(loaded, logits, top_k)
         rows.append({"file": str(path), "labels": labels[0], "probs": probs[0], "indices": indices[0]})
     return rows
 
 
+def part_category(info, path: Path, category: Optional[str]) -> int:
+    name = category or path.parent.name
+    index = _category_index(info, name)
+    if index is None:
+        raise PredictError(f"{path}: the part segmenter needs the object category; {name!r} is not one of "
+                           f"{list(info.category_names)}: give --category NAME")
+    return index
+
+
 def _predict_partseg(loaded: Loaded, files, skipped, *, strict, out_dir, category, **_) -> list[dict]:
-    from torch_geometric.data import Data
-    from bixt.data.partseg import PointCloudDataset, build_point_transform, collate_point_clouds
     info = partseg_info(loaded.cfg)
-    normals = bool((loaded.cfg.get("data") or {}).get("normals"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for path, cloud in _point_files(loaded, files, skipped, strict):
-        name = category or path.parent.name
-        index = _category_index(info, name)
-        if index is None:
-            raise PredictError(f"{path}: the part segmenter needs the object category; its folder {name!r} is not one "
-                               f"of {list(info.category_names)}: give --category NAME")
-        if normals and cloud.shape[1] < 6:
-            skipped.add(path, "has no normals (x,y,z,nx,ny,nz), which this model reads", strict)
+        index = part_category(info, path, category)
+        try:
+            batch = point_inputs(loaded, cloud, index)
+        except ValueError as err:
+            skipped.add(path, str(err), strict)
             continue
-        pos = torch.from_numpy(cloud[:, :3].copy())
-        sample = Data(pos=pos, x=torch.from_numpy(cloud[:, 3:6].copy()) if normals else None,
-                      y=torch.zeros(len(pos), dtype=torch.long), category=torch.tensor([index]))
-        data = PointCloudDataset([sample], transform=build_point_transform(None, train=False),
-                                 include_normals=normals)[0]
-        batch = collate_point_clouds([data])
-        batch = {k: v.to(loaded.device) for k, v in batch.items()}
-        logits = loaded.model(batch["pos"], batch["point_mask"], batch.get("features"), batch["category"])[0]
+        logits = loaded.model(batch["pos"], batch["point_mask"], batch["features"], batch["category"])[0]
         allowed = torch.full((logits.shape[-1],), float("-inf"))
         allowed[list(info.seg_classes[index])] = 0.0  # only the category's own parts, as the metric scores them
         labels = (logits.float().cpu() + allowed).argmax(-1).numpy()
