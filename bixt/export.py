@@ -41,11 +41,6 @@ TIMM_TOLERANCE = 1e-6
 ONNX_TOLERANCE = 1e-4
 
 
-def export_command(run: str | Path) -> str:
-    """The one command that writes a run's timm folder (the engine names it in its last log line)."""
-    return f"python -m bixt.export {run} --format timm --out {Path(run) / 'timm'}"
-
-
 def timm_model_args(model_cfg: dict) -> tuple[str, dict[str, Any]]:
     """``(architecture, model_args)`` that ``timm.create_model`` rebuilds a run's image classifier from:
     the translation :func:`bixt.models.factory.image_classifier` makes, minus what only training uses."""

@@ -174,6 +174,10 @@ def _load_run(run: Path, checkpoint: Optional[str]) -> tuple[nn.Module, str, Opt
     if task == "listops" and classes is None:
         classes = [str(i) for i in range(10)]
     state = ckpt.get("state_dict", ckpt)
+    outputs = _state_dim(state, "head.bias")  # every classifier here ends in head[.fc|.classifier].bias
+    if classes is not None and outputs is not None and task != "partseg" and outputs != len(classes):
+        raise PredictError(f"{path}: {len(classes)} class names for a model with {outputs} outputs: the class-name "
+                           "list does not belong to these weights")
     model_cfg = dict(cfg["model"])
     for key in ("pretrained", "checkpoint"):  # the trained weights follow; nothing else is read
         if key in model_cfg:
@@ -546,6 +550,11 @@ def _text_rows(loaded: Loaded, files, skipped, strict) -> Iterator[tuple[Path, i
                 yield path, number, line
 
 
+def listops_ids(vocab, line: str) -> np.ndarray:
+    """A ListOps expression's ids; brackets may touch their neighbours (``[MAX 2 9]``)."""
+    return vocab.encode(line.replace("]", " ] ").replace("(", " ( ").replace(")", " ) "))
+
+
 def _predict_listops(loaded: Loaded, files, skipped, *, top_k, batch_size, strict, **_) -> list[dict]:
     from bixt.data.listops import vocabulary
     from bixt.tokenizers.text import pad_sequences
@@ -563,7 +572,7 @@ def _predict_listops(loaded: Loaded, files, skipped, *, top_k, batch_size, stric
 
     for path, number, line in _text_rows(loaded, files, skipped, strict):
         try:
-            ids = vocab.encode(line.replace("]", " ] ").replace("(", " ( ").replace(")", " ) "))
+            ids = listops_ids(vocab, line)
         except ValueError as err:
             skipped.add(Path(f"{path}:{number}"), f"not a ListOps expression ({str(err).splitlines()[0]})", strict)
             continue

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bixt.predict import (Loaded, PredictError, gather_inputs, image_transform, load_model, open_image, palette,
-                          part_category, partseg_info, point_inputs, read_points, render_points)
+from bixt.predict import (Loaded, PredictError, gather_inputs, image_transform, listops_ids, load_model, open_image,
+                          palette, part_category, partseg_info, point_inputs, read_points, render_points)
 
 log = logging.getLogger("bixt.viz")
 
@@ -119,8 +119,7 @@ def attention_maps(loaded: Loaded, path: str | Path, *, layers: Optional[Sequenc
     if loaded.task == "listops":
         from bixt.data.listops import vocabulary
         vocab = vocabulary(bool((loaded.cfg.get("data") or {}).get("keep_parens", False)))
-        ids = torch.as_tensor(vocab.encode(text.replace("]", " ] ").replace("(", " ( ").replace(")", " ) ")),
-                              dtype=torch.long)[None]
+        ids = torch.as_tensor(listops_ids(vocab, text), dtype=torch.long)[None]
         strings = [vocab.tokens[i - 1] + " " for i in ids[0].tolist()]
     else:
         from bixt.tokenizers.text import ByteTokenizer
