@@ -138,8 +138,8 @@ def partseg_info(cfg: dict):
     """The categories and part labels of a part-segmentation run's data (fixed by its format)."""
     data = cfg.get("data") or {}
     if str(data.get("_target_", "")).endswith("synthetic_partseg_data"):
-        from bixt.data.partseg_shapes import _synthetic_info
-        return _synthetic_info()
+        from bixt.data.partseg_shapes import SYNTHETIC_INFO
+        return SYNTHETIC_INFO
     from bixt.data.shapenetpart import SHAPENET_INFO
     return SHAPENET_INFO.subset(data["categories"]) if data.get("categories") else SHAPENET_INFO
 

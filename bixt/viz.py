@@ -115,7 +115,7 @@ def attention_maps(loaded: Loaded, path: str | Path, *, layers: Optional[Sequenc
         return AttentionMaps(chosen, to_tok, to_lat, "points", {
             "points": batch["pos"][0].cpu().numpy(), "centres": point_tokens.centres[0].cpu().numpy()})
     text = _first_text(path)
-    sequence_encoder = model.encoder
+    sequence_encoder = model.document_encoder if loaded.task == "retrieval" else model.encoder
     if loaded.task == "listops":
         from bixt.data.listops import vocabulary
         vocab = vocabulary(bool((loaded.cfg.get("data") or {}).get("keep_parens", False)))

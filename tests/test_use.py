@@ -211,6 +211,32 @@ def test_listops_run_predicts_lines_and_highlights_text(tmp_path, one_thread):
     assert page.suffix == ".html" and "latent &rarr; token" in page.read_text()
 
 
+def test_retrieval_run_matches_pairs_and_highlights_bytes(tmp_path, one_thread):
+    run = train_run("lra_retrieval", tmp_path / "aan")
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("a\tb\tcats sit on mats\tcats sit on hats\nno tab here\n")
+    rows, skipped = predict(load_model(run), [str(pairs)])
+    assert len(rows) == 1 and rows[0]["labels"][0] in ("match", "no match") and 0 <= rows[0]["match_prob"] <= 1
+    assert skipped == [(f"{pairs}:2", "not a document pair (two tab-separated columns)")]
+    maps = attention_maps(load_model(run, fast=False), pairs)
+    assert "".join(maps.context["tokens"]) == "cats sit on hats"  # the row's last document, byte by byte
+    torch.testing.assert_close(maps.latents_to_tokens[0].sum(-1), torch.ones(maps.latents_to_tokens[0].shape[0]))
+
+
+def test_registered_name_gets_imagenet_names_and_any_size_with_native_size(tmp_path):
+    from bixt.models.bixt_image import BiXT
+    loaded = load_model("bixt_ti_l64_p16_ft384", fast=False)  # no --checkpoint: timm's init, ImageNet's names
+    assert len(loaded.classes) == 1000 and loaded.classes[0] == "tench" and loaded.input_cfg["input_size"][1] == 384
+    loaded.model = BiXT(embed_dim=32, depth=1, num_latents=4, num_heads=2, dynamic_img_size=True).eval()  # as small
+    for i, size in enumerate([(50, 70), (96, 33)]):
+        Image.new("RGB", size, (i * 90, 40, 200)).save(tmp_path / f"{i}.png")
+    rows, _ = predict(loaded, [str(tmp_path)], native_size=True)
+    assert len(rows) == 2 and all(len(r["labels"]) == 5 for r in rows)
+    fixed = load_model("bixt_ti_l32_p16", fast=False)
+    with pytest.raises(PredictError, match="--native-size needs a model with resolution-adaptive positions"):
+        predict(fixed, [str(tmp_path)], native_size=True)
+
+
 @pytest.mark.e2e
 def test_predict_and_export_commands(image_run, tmp_path):
     run, root = image_run

@@ -24,6 +24,9 @@ TINY = {
                          "model.encoder.num_latents=8", "model.head.hidden=32", "model.head.category_dim=8",
                          "model.head.point_dim=8", "data.train_size=24", "data.val_size=12",
                          "data.points_per_shape=[96,128]", "data.num_points=64", "trainer.batch_size=8"],
+    "lra_retrieval": ["model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
+                      "model.head.hidden_dims=[16]", "data.train_size=16", "data.eval_size=8", "data.test_size=8",
+                      "data.max_len=256", "data.min_bytes=100", "data.max_bytes=200", "trainer.batch_size=4"],
     "lra_listops": ["model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
                     "data.train_size=32", "data.val_size=16", "data.test_size=16", "trainer.batch_size=8"],
 }
