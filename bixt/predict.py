@@ -289,7 +289,7 @@ def open_image(path: Path) -> Image.Image:
 def image_transform(loaded: Loaded, native: bool = False):
     from timm.data import create_transform
     c = loaded.input_cfg
-    if native or loaded.task == "segmentation":
+    if native:
         from torchvision.transforms import functional as TF
         return lambda img: TF.normalize(TF.to_tensor(img), c["mean"], c["std"])
     return create_transform(c["input_size"][1:], is_training=False, interpolation=c["interpolation"],
@@ -397,19 +397,31 @@ def mask_image(mask: np.ndarray, num_classes: int) -> Image.Image:
     return img
 
 
+def segmentation_input(loaded: Loaded, img: Image.Image) -> torch.Tensor:
+    """An image as the run's evaluation feeds it (keep-ratio resize to ``data.test_scale``, if set, and
+    normalisation: :class:`~bixt.data.seg_transforms.SegEvalTransform`), (1, 3, H', W')."""
+    from bixt.data.seg_transforms import SegEvalTransform
+    data = loaded.cfg.get("data") or {}
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    transform = SegEvalTransform(scale=data.get("test_scale"), mean=loaded.input_cfg["mean"],
+                                 std=loaded.input_cfg["std"])
+    return transform(pixels, torch.zeros(pixels.shape[-2:], dtype=torch.long))[0][None]
+
+
 def _predict_segmentation(loaded: Loaded, files, skipped, *, batch_size, strict, out_dir, **_) -> list[dict]:
+    import torch.nn.functional as F
     from bixt.models.segmentation import segment
+    from bixt.tasks.segmentation import check_sizes
     eval_cfg = loaded.cfg.get("eval") or {}
-    data_cfg = loaded.cfg.get("data") or {}
-    crop = eval_cfg.get("crop") or data_cfg.get("crop_size")
-    transform = image_transform(loaded)
+    window, step = check_sizes(OmegaConf.create(loaded.cfg), int(loaded.model.stride))
     out_dir.mkdir(parents=True, exist_ok=True)
     names = loaded.classes or []
     rows = []
     for path, img in _read_images(loaded, files, skipped, strict):
-        x = transform(img).unsqueeze(0).to(loaded.device)
-        logits = segment(loaded.model, x, mode=eval_cfg.get("mode", "whole"), crop_size=crop,
-                         crop_stride=eval_cfg.get("stride"))
+        x = segmentation_input(loaded, img).to(loaded.device)
+        logits = segment(loaded.model, x, mode=eval_cfg.get("mode", "whole"), crop_size=window, crop_stride=step)
+        if logits.shape[-2:] != (img.height, img.width):  # scored at the image's own size, as the run's labels
+            logits = F.interpolate(logits, size=(img.height, img.width), mode="bilinear", align_corners=False)
         mask = logits.argmax(1)[0].cpu().numpy()
         n = logits.shape[1]
         stem = out_dir / path.stem

@@ -29,7 +29,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from bixt.predict import (Loaded, PredictError, gather_inputs, image_transform, listops_ids, load_model, open_image,
-                          palette, part_category, partseg_info, point_inputs, read_points, render_points)
+                          palette, part_category, partseg_info, point_inputs, read_points, render_points,
+                          segmentation_input)
 
 log = logging.getLogger("bixt.viz")
 
@@ -90,13 +91,14 @@ def attention_maps(loaded: Loaded, path: str | Path, *, layers: Optional[Sequenc
             img = open_image(path)
         except Exception as err:  # noqa: BLE001  (PIL raises many kinds)
             raise PredictError(f"{path} is not an image ({type(err).__name__}); this model reads images") from None
-        x = image_transform(loaded)(img)[None].to(loaded.device)
         if loaded.task == "segmentation":
             from bixt.models.segmentation import _pad_to  # as segment() pads: bottom/right to the stride
             backbone, stride = model.backbone, model.stride
+            x = segmentation_input(loaded, img).to(loaded.device)
             x = _pad_to(x, -(-x.shape[-2] // stride) * stride, -(-x.shape[-1] // stride) * stride)
         else:
             backbone = model
+            x = image_transform(loaded)(img)[None].to(loaded.device)
         grid = image_token_grid(x, backbone.patch_embed.stride)
         chosen, to_tok, to_lat = _encode(backbone.encoder, backbone.tokenize(x), None, layers)
         mean = torch.tensor(loaded.input_cfg["mean"]).view(3, 1, 1)
