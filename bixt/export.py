@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from torch import nn
 
 from bixt.predict import PredictError, load_model
 

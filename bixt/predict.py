@@ -34,7 +34,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -327,8 +327,7 @@ def predict(loaded: Loaded, inputs: Sequence[str], *, top_k: int = 5, batch_size
     and renderings of dense tasks (default: beside ``--out``, else ``predictions/``)."""
     skipped = Skipped()
     task = loaded.task
-    suffixes = None
-    files = gather_inputs(inputs, suffixes)
+    files = gather_inputs(inputs)
     runner = {"image": _predict_images, "segmentation": _predict_segmentation, "points": _predict_points,
               "partseg": _predict_partseg, "listops": _predict_listops, "retrieval": _predict_retrieval}[task]
     kwargs = dict(top_k=top_k, batch_size=batch_size, strict=strict, out_dir=Path(out_dir or "predictions"),

@@ -79,6 +79,17 @@ def grid(pictures: list[Image.Image], columns: int, width: int = 200) -> Image.I
     return out
 
 
+def stack(pictures: list[Image.Image]) -> Image.Image:
+    """Pictures one below the other, centred."""
+    out = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures) + 4 * (len(pictures) - 1)),
+                    "white")
+    y = 0
+    for p in pictures:
+        out.paste(p.convert("RGB"), ((out.width - p.width) // 2, y))
+        y += p.height + 4
+    return out
+
+
 def save(img: Image.Image, name: str) -> None:
     path = OUT / name
     img.convert("P", palette=Image.ADAPTIVE, colors=128).save(path, optimize=True)
@@ -113,9 +124,9 @@ def main() -> None:
     run = train("shapenet_partseg", args.runs / "shapenet_partseg", args.quick)
     rows, _ = predict(load_model(run), [str(p) for p in inputs["clouds"]], out_dir=str(work / "parts"))
     written = write_attention(load_model(run, fast=False), [str(inputs["clouds"][0])], work / "viz_points",
-                              layers=[-1], k=2, size=200)
-    save(grid([Image.open(row["picture"]) for row in rows[:2]] + [Image.open(written[0])], 1, 640),
-         "points.png")
+                              layers=[-1], k=2, size=180)
+    parts = grid([Image.open(row["picture"]) for row in rows[:2]], 2, 240)
+    save(stack([parts, Image.open(written[0])]), "points.png")
 
 
 if __name__ == "__main__":
