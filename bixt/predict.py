@@ -179,7 +179,7 @@ def _load_run(run: Path, checkpoint: Optional[str]) -> tuple[nn.Module, str, Opt
         raise PredictError(f"{path}: {len(classes)} class names for a model with {outputs} outputs: the class-name "
                            "list does not belong to these weights")
     model_cfg = dict(cfg["model"])
-    for key in ("pretrained", "checkpoint"):  # the trained weights follow; nothing else is read
+    for key in ("pretrained", "checkpoint", "finetune_from"):  # the trained weights follow; nothing else is read
         if key in model_cfg:
             model_cfg[key] = None
     model = kit.build_model(OmegaConf.create(model_cfg), **runtime_arguments(task, cfg, state, classes))
