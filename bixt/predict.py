@@ -281,6 +281,14 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="file", disable=total < 32 or not sys.stderr.isatty(), leave=False)
 
 
+def _with_progress(files: list[Path]) -> Iterator[Path]:
+    bar = _progress(len(files), "predict")
+    for path in files:
+        yield path
+        bar.update(1)
+    bar.close()
+
+
 def open_image(path: Path) -> Image.Image:
     from bixt.data.image_files import _open_rgb
     return _open_rgb(str(path))
@@ -436,7 +444,7 @@ def _predict_segmentation(loaded: Loaded, files, skipped, *, batch_size, strict,
 
 
 def _point_files(loaded: Loaded, files, skipped, strict) -> Iterator[tuple[Path, np.ndarray]]:
-    for path in files:
+    for path in _with_progress(files):
         if path.suffix.lower() not in POINT_SUFFIXES:
             skipped.add(path, f"not a point cloud file ({'/'.join(POINT_SUFFIXES)}); this model reads {loaded.modality}",
                         strict)
@@ -547,7 +555,7 @@ def render_points(points: np.ndarray, colours: np.ndarray, size: int = 320, elev
 
 
 def _text_rows(loaded: Loaded, files, skipped, strict) -> Iterator[tuple[Path, int, str]]:
-    for path in files:
+    for path in _with_progress(files):
         if path.suffix.lower() not in TEXT_SUFFIXES:
             skipped.add(path, f"not a text file ({'/'.join(TEXT_SUFFIXES)}); this model reads {loaded.modality}", strict)
             continue
