@@ -99,7 +99,12 @@ def export_timm(run: str | Path, out: str | Path) -> Path:
 def export_onnx(run: str | Path, out: str | Path) -> Path:
     """Write ``out/model.onnx`` for an image-classifier run and check it in onnxruntime (within 1e-4)."""
     import warnings
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401  (torch.onnx's exporter)
+    except ImportError as err:
+        raise PredictError(f"--format onnx needs onnxruntime and onnxscript ({err}): pip install onnxruntime "
+                           "onnxscript") from None
     loaded = _image_run(run)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
