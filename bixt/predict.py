@@ -107,9 +107,11 @@ def _run_weights(run: Path) -> Path:
                        "epoch first, or give a checkpoint file with --checkpoint")
 
 
-def _state_dim(state: dict, suffix: str, dim: int = 0) -> Optional[int]:
-    keys = sorted(k for k in state if k.endswith(suffix))
-    return int(state[keys[-1]].shape[dim]) if keys else None
+def classifier_outputs(state: dict) -> Optional[int]:
+    """Outputs of a saved model's classifier: the last bias of its ``head`` (in module order), as
+    every model here ends its head in the classifying layer."""
+    biases = [v for k, v in state.items() if k.startswith("head.") and k.endswith(".bias")]
+    return int(biases[-1].shape[0]) if biases else None
 
 
 def runtime_arguments(task: str, cfg: dict, state: dict, classes: Optional[Sequence[str]]) -> dict:
@@ -118,10 +120,11 @@ def runtime_arguments(task: str, cfg: dict, state: dict, classes: Optional[Seque
     data = cfg.get("data") or {}
     in_features = 3 if data.get("normals") else 0
     n = len(classes) if classes else None
+    n = n or classifier_outputs(state)
     if task in ("image", "segmentation"):
-        return {"num_classes": n or _state_dim(state, "head.weight")}
+        return {"num_classes": n}
     if task == "points":
-        return {"tokenizer": {"in_features": in_features}, "head": {"num_classes": n or _state_dim(state, "head.fc.weight")}}
+        return {"tokenizer": {"in_features": in_features}, "head": {"num_classes": n}}
     if task == "partseg":
         info = partseg_info(cfg)
         return {"tokenizer": {"in_features": in_features},
@@ -130,7 +133,7 @@ def runtime_arguments(task: str, cfg: dict, state: dict, classes: Optional[Seque
     if task == "listops":
         from bixt.data.listops import vocabulary
         return {"encoder": {"vocab_size": vocabulary(bool(data.get("keep_parens", False))).vocab_size},
-                "head": {"num_classes": n or _state_dim(state, "head.fc.weight")}}
+                "head": {"num_classes": n}}
     return {}
 
 
@@ -174,7 +177,7 @@ def _load_run(run: Path, checkpoint: Optional[str]) -> tuple[nn.Module, str, Opt
     if task == "listops" and classes is None:
         classes = [str(i) for i in range(10)]
     state = ckpt.get("state_dict", ckpt)
-    outputs = _state_dim(state, "head.bias")  # every classifier here ends in head[.fc|.classifier].bias
+    outputs = classifier_outputs(state)
     if classes is not None and outputs is not None and task != "partseg" and outputs != len(classes):
         raise PredictError(f"{path}: {len(classes)} class names for a model with {outputs} outputs: the class-name "
                            "list does not belong to these weights")

@@ -174,6 +174,11 @@ def test_segmentation_run_writes_masks_at_each_image_size(tmp_path, one_thread):
         assert mask.mode == "P" and mask.size == size and Image.open(row["overlay"]).size == size
         assert sum(row["classes"].values()) == pytest.approx(1.0, abs=1e-3)
     assert len(write_attention(load_model(run, fast=False), [str(images / "p0.png")], tmp_path / "viz")) == 2
+    ckpt = torch.load(run / "best.pth", weights_only=True)
+    ckpt["classes"] = ckpt["classes"][:-1]
+    torch.save(ckpt, tmp_path / "fewer.pth")
+    with pytest.raises(PredictError, match="fewer.pth: 9 class names for a model with 10 outputs"):
+        load_model(run, checkpoint=str(tmp_path / "fewer.pth"))
 
 
 def test_point_runs_predict_and_draw_attention(tmp_path, point_clouds, one_thread):
