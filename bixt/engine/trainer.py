@@ -101,6 +101,15 @@ def warn_if_few_updates(tcfg: TrainerConfig, updates_per_epoch: int, train_size:
     return True
 
 
+def use_line(run_dir: Path, cfg: DictConfig) -> str:
+    """A finished run's last log line: the commands that use it (for an image classifier, the one
+    that writes its timm hub folder, see :mod:`bixt.export`)."""
+    line = f"done | predict: python -m bixt.predict {run_dir} INPUT..."
+    if OmegaConf.select(cfg, "model._target_") == "bixt.models.factory.image_classifier":
+        line += f" | timm folder: python -m bixt.export {run_dir} --format timm --out {Path(run_dir) / 'timm'}"
+    return line
+
+
 class _Engine:
     """One run: __init__ checks the request and prepares the model (nothing is written yet);
     :meth:`fit` claims the run directory, then evaluates or trains."""
@@ -408,6 +417,8 @@ class _Engine:
             final[f"best/{self.adapter.main_metric}"] = self.best
         if test_sets:
             final.update(self._test(test_sets))
+        if self.env.is_main:
+            log.info(use_line(self.run_dir, self.cfg))
         return final
 
     def _setup_training(self, train_set: Optional[Dataset]) -> None:
