@@ -173,3 +173,26 @@ def test_task_bad_clevr_file_is_one_line(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "CLEVR_train_questions.json: not CLEVR questions JSON: missing key 'questions'" in proc.stderr
+
+
+def test_task_configs_compose_validate_and_refuse_a_misspelt_key():
+    from hydra import compose, initialize_config_dir
+
+    from bixt.constraints import ConfigValueError
+    from bixt.tasks import kit
+
+    def composed(*overrides):
+        with initialize_config_dir(config_dir=str(REPO / "bixt" / "configs" / "clevr_vqa"), version_base=None):
+            return compose("config", overrides=list(overrides))
+
+    assert "- task_hydra" in (REPO / "bixt" / "configs" / "clevr_vqa" / "config.yaml").read_text()
+    for model, streams in (("bixt_fusion", ["text", "image"]), ("question_only", ["text"]),
+                           ("image_only", ["image"])):
+        cfg = composed(f"model={model}")
+        kit.validate(cfg)
+        assert list(cfg.model.encoder.token_dims) == streams
+    kit.validate(composed("data=clevr", "data.root=/nowhere"))
+    with pytest.raises(ConfigValueError, match="unknown key model.encoder.token_dimz"):
+        kit.validate(composed("+model.encoder.token_dimz=3"))
+    with pytest.raises(ConfigValueError, match="model=fused is not an option of clevr_vqa"):
+        kit.check_overrides("clevr_vqa", ["model=fused"])

@@ -5,15 +5,16 @@ object), a shape (circle, square, triangle), a size (small, large) and a texture
 at random positions on a grey background; later objects are painted over earlier ones (occlusion).
 Each scene gets one question of each family:
 
-- ``existence``  "is there a striped square?"                          yes / no
-- ``counting``   "how many large objects are there?"                   0-3
+- ``existence``  "is there a green object?"                            yes / no
+- ``counting``   "how many large objects are there?"                   0-5
 - ``query``      "what shape is the red object?" / "what colour is the large circle?"
 - ``compare``    "does the red object have the same size as the blue object?"   yes / no
 - ``spatial``    "is the red object left of the blue object?"           yes / no
 
-Answers are balanced within each family (yes/no drawn first, counts drawn uniformly from 0-3,
-then a question with that answer is sought), so a model that reads only the question sits at
-chance within a family. A scene and its questions are a pure function of ``(seed, split, index)``.
+Answers are balanced within each family: a question's template is drawn first, then the answer
+(yes / no evenly, a count evenly among those the scene allows), then the template's values that
+give it, each value of a template equally likely a priori; so the words of a question do not
+tell its answer, and a model that reads only the question stays near chance within a family. A scene and its questions are a pure function of ``(seed, split, index)``.
 """
 from __future__ import annotations
 
@@ -71,30 +72,28 @@ def _matches(obj: dict, attrs: dict) -> bool:
     return all(obj[k] == v for k, v in attrs.items())
 
 
-def _filters(rng: np.random.Generator) -> dict:
-    """A random one- or two-attribute filter over shape / size / texture (not colour: colours are unique)."""
-    keys = list(_ATTRS)
-    chosen = rng.choice(len(keys), size=int(rng.integers(1, 3)), replace=False)
-    return {keys[k]: _ATTRS[keys[k]][int(rng.integers(len(_ATTRS[keys[k]])))] for k in sorted(chosen)}
+def _choose(rng: np.random.Generator, options: list, answer_of, want):
+    """An option whose answer is ``want`` (uniformly among those), else any option with its answer."""
+    answers = [answer_of(o) for o in options]
+    fitting = [i for i, a in enumerate(answers) if a == want] or list(range(len(options)))
+    i = fitting[int(rng.integers(len(fitting)))]
+    return options[i], answers[i]
 
 
 def _existence(rng, objects):
-    want = bool(rng.integers(2))
-    for _ in range(100):
-        attrs = _filters(rng)
-        if any(_matches(o, attrs) for o in objects) == want:
-            return f"is there a {_noun(attrs)}?", "yes" if want else "no"
-    return None
+    # every colour is equally likely asked, and present or absent evenly: the words give no hint
+    present = {o["colour"] for o in objects}
+    colour, found = _choose(rng, list(COLOURS), lambda c: c in present, bool(rng.integers(2)))
+    return f"is there a {colour} object?", "yes" if found else "no"
 
 
 def _counting(rng, objects):
-    want = int(rng.integers(4))
-    for _ in range(100):
-        attrs = _filters(rng)
-        if sum(_matches(o, attrs) for o in objects) == want:
-            return f"how many {_noun(attrs).replace('object', 'objects') if 'shape' not in attrs else _noun(attrs) + 's'}" \
-                   " are there?", str(want)
-    return None
+    attr = list(_ATTRS)[int(rng.integers(3))]
+    count = lambda v: sum(o[attr] == v for o in objects)  # noqa: E731
+    reachable = sorted({count(v) for v in _ATTRS[attr]})
+    value, n = _choose(rng, list(_ATTRS[attr]), count, reachable[int(rng.integers(len(reachable)))])
+    noun = f"{value}s" if attr == "shape" else f"{value} objects"
+    return f"how many {noun} are there?", str(n)
 
 
 def _query(rng, objects):
@@ -114,13 +113,11 @@ def _pair(rng, objects):
 
 
 def _compare(rng, objects):
-    want = bool(rng.integers(2))
-    for _ in range(100):
-        (a, b), attr = _pair(rng, objects), list(_ATTRS)[int(rng.integers(3))]
-        if (a[attr] == b[attr]) == want:
-            return (f"does the {a['colour']} object have the same {attr} as the {b['colour']} object?",
-                    "yes" if want else "no")
-    return None
+    attr = list(_ATTRS)[int(rng.integers(3))]
+    pairs = [(a, b) for a in objects for b in objects if a is not b]
+    (a, b), same = _choose(rng, pairs, lambda p: p[0][attr] == p[1][attr], bool(rng.integers(2)))
+    return (f"does the {a['colour']} object have the same {attr} as the {b['colour']} object?",
+            "yes" if same else "no")
 
 
 def _spatial(rng, objects):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bixt.core import BiXTEncoder
-from bixt.tokenizers.image import FourierPosEncoding2d, PatchTokenizer
+from bixt.tokenizers.image import ConvTokenizer, FourierPosEncoding2d, PatchTokenizer
 from bixt.tokenizers.text import TokenEmbedding
 
 STREAMS = ("image", "text")
@@ -29,11 +29,14 @@ class VQAModel(nn.Module):
             ``image`` and/or ``text``, and their widths.
         head: the answer classifier on the latents (:class:`ClassificationHead`).
         vocab_size: question vocabulary (padding id 0 included).
-        patch_size: image patch size (stride = patch size).
+        image_tokenizer: ``"conv"`` (3x3 stride-2 convolutions: each token sees its neighbourhood, so an
+            object's shape is a token feature) or ``"patch"`` (a linear patch embedding).
+        stride: the image tokens' stride in pixels (the patch size of ``"patch"``; 4, 8 or 16 for ``"conv"``).
         max_question_len: longest question (the position table).
     """
 
-    def __init__(self, *, encoder: BiXTEncoder, head: nn.Module, vocab_size: int, patch_size: int = 4,
+    def __init__(self, *, encoder: BiXTEncoder, head: nn.Module, vocab_size: int,
+                 image_tokenizer: str = "conv", stride: int = 4,
                  max_question_len: int = 48) -> None:
         super().__init__()
         dims = encoder.token_dims or {}
@@ -42,7 +45,10 @@ class VQAModel(nn.Module):
                              f"{list(STREAMS)} with their widths, got {dims}")
         self.streams = tuple(dims)
         if "image" in dims:
-            self.patch_embed = PatchTokenizer(dims["image"], patch_size=patch_size)
+            if image_tokenizer not in ("conv", "patch"):
+                raise ValueError(f"model.image_tokenizer must be 'conv' or 'patch', got {image_tokenizer!r}")
+            self.patch_embed = (ConvTokenizer(dims["image"], stride=stride) if image_tokenizer == "conv"
+                                else PatchTokenizer(dims["image"], patch_size=stride))
             self.pos_embed = FourierPosEncoding2d(dims["image"])
         if "text" in dims:
             self.word_embed = TokenEmbedding(vocab_size, dims["text"], max_len=max_question_len, pos_embed="learned")
