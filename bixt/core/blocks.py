@@ -11,10 +11,17 @@ The cross-attention comes in three variants (``cross_attention``), compared in t
 
 A layer's kind (``updates``: ``"both"`` sides, ``"latents"`` only, ``"tokens"`` only) is fixed at
 construction; an iterative layer updates the latents only.
+
+Several named token streams (fusion, ``token_dim={"image": 192, "text": 128}``): the layer holds one
+:class:`CrossBlock` per stream, in the order given, and the latents meet each present stream in
+turn before their self-attention, so every stream is read with its own softmax over its own tokens
+(a short question is not drowned by hundreds of image tokens) and refined in its own width. With
+one stream present the layer is exactly a single-stream layer; a stream absent from a call is
+skipped. Why per stream rather than one attention over the joined sequence: ARCHITECTURE.md.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -131,13 +138,16 @@ class CrossBlock(nn.Module):
 
 class BiXTLayer(nn.Module):
     """Cross-attention block followed by a standard transformer block on the latents (absent in a
-    tokens-only layer, whose latents nothing reads)."""
+    tokens-only layer, whose latents nothing reads).
+
+    ``token_dim`` a mapping of stream name -> width: one cross block per stream (``cross.<name>``),
+    and ``forward`` takes dicts of tokens and masks (see the module docstring)."""
 
     def __init__(
         self,
         *,
         latent_dim: int,
-        token_dim: int,
+        token_dim: Union[int, Mapping[str, int]],
         attn_dim: int,
         num_heads: int,
         cross_heads: int,
@@ -154,16 +164,31 @@ class BiXTLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.updates = updates
-        self.cross = CrossBlock(
-            latent_dim=latent_dim, token_dim=token_dim, attn_dim=attn_dim, num_heads=cross_heads,
+        cross = dict(
+            latent_dim=latent_dim, attn_dim=attn_dim, num_heads=cross_heads,
             mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio, rv_bias=rv_bias, drop_path=drop_path,
             token_drop_path=token_drop_path, init_values=init_values, cross_attention=cross_attention,
             updates=updates, attn_impl=attn_impl,
         )
+        if isinstance(token_dim, Mapping):
+            self.cross = nn.ModuleDict({name: CrossBlock(token_dim=dim, **cross) for name, dim in token_dim.items()})
+        else:
+            self.cross = CrossBlock(token_dim=token_dim, **cross)
         if updates != "tokens":
             self.latent_attn = self_attention_block(dim=latent_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
                                                     qkv_bias=qkv_bias, init_values=init_values, drop_path=drop_path)
 
-    def forward(self, latents: torch.Tensor, tokens: torch.Tensor, token_mask=None, return_attention: bool = False):
-        latents, tokens, maps = self.cross(latents, tokens, token_mask, return_attention)
+    def forward(self, latents: torch.Tensor, tokens, token_mask=None, return_attention: bool = False):
+        """Single stream: ``(latents, tokens, maps)`` as :class:`CrossBlock`. Streams: ``tokens`` and
+        ``token_mask`` dicts by name (a stream may be absent, a mask may be), and the refined tokens
+        and maps come back as dicts of the streams given."""
+        if isinstance(self.cross, nn.ModuleDict):
+            refined, maps, masks = {}, {}, token_mask or {}
+            for name, block in self.cross.items():
+                if name in tokens:
+                    latents, refined[name], maps[name] = block(latents, tokens[name], masks.get(name),
+                                                               return_attention)
+            tokens = refined
+        else:
+            latents, tokens, maps = self.cross(latents, tokens, token_mask, return_attention)
         return (latents if self.updates == "tokens" else self.latent_attn(latents)), tokens, maps
