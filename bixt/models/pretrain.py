@@ -106,14 +106,16 @@ class MaskedImageModel(nn.Module):
         super().__init__()
         self.mask_ratio, self.mask_block = check_ratio(mask_ratio), mask_block
         self.norm_targets, self.loss_name = norm_targets, loss
+        token_stride = stride or patch_size
+        if img_size % token_stride:
+            raise ValueError(f"img_size {img_size} is not a multiple of the token stride {token_stride}: the tokeniser "
+                             f"cannot take it (and the pixel targets are the stride cells); use data.img_size=<a "
+                             f"multiple of {token_stride}>")
         self.backbone = BiXT(img_size=img_size, patch_size=patch_size, stride=stride, tokenizer=tokenizer,
                              in_chans=in_chans, num_classes=0, drop_path_rate=drop_path_rate, last_layer="both",
                              **encoder_kwargs(encoder))
         self.stride = int(self.backbone.patch_embed.stride)
         self.grid = image_token_grid(torch.empty(1, in_chans, *self.backbone.img_size), self.stride)
-        if tuple(g * self.stride for g in self.grid) != tuple(self.backbone.img_size):
-            raise ValueError(f"img_size {self.backbone.img_size} is not a multiple of the token stride {self.stride}: "
-                             "the pixel targets are the stride cells; use data.img_size=<a multiple of the stride>")
         block_mask(1, self.grid, mask_block, mask_ratio, torch.device("cpu"))  # refuses a block larger than the grid
         token_dim = self.backbone.encoder.blocks[0].cross.norm_tokens.weight.shape[0]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, token_dim))
