@@ -15,7 +15,8 @@ the pictures need; ``loss(outputs)`` is the masked loss.
   neighbours' patches, so those tokenisers mask less than the ratio says.
 - :class:`MaskedPointModel` (Point-MAE targets): FPS + kNN groups, a share of groups masked (their
   centres keep the positional embedding, the content is a mask token), each masked group's points
-  predicted relative to its centre, Chamfer distance (:func:`chamfer_distance`).
+  predicted relative to its centre (scaled by the tokeniser's ``relative_scale``, as it reads
+  them), Chamfer distance (:func:`chamfer_distance`).
 - :class:`MaskedByteModel`: BERT-style masked modelling over the real (non-padding) ids.
 """
 from __future__ import annotations
@@ -211,7 +212,9 @@ class MaskedPointModel(nn.Module):
         tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype) + position, tokens)
         _, refined = self.backbone.encoder(tokens)
         pred = rearrange(self.decoder(refined), "b g (k c) -> b g k c", c=3)
-        target = gather(pos, neighbour_index) - centres.unsqueeze(2)
+        # in the tokeniser's units (offsets x relative_scale, ~1 rather than ~0.1): the loss is not
+        # a tiny number next to the weight decay and the head's init
+        target = (gather(pos, neighbour_index) - centres.unsqueeze(2)) * tokenizer.relative_scale
         return {"pred": pred, "target": target, "mask": mask, "centres": centres, "points": pos}
 
     def loss(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -60,8 +60,9 @@ def point_picture(model: MaskedPointModel, outputs: Mapping[str, torch.Tensor], 
     for i in range(count):
         ax = fig.add_subplot(1, count, i + 1, projection="3d")
         mask, centres = outputs["mask"][i], outputs["centres"][i]
-        truth = outputs["target"][i] + centres.unsqueeze(1)
-        recon = outputs["pred"][i] + centres.unsqueeze(1)
+        scale = model.backbone.tokenizer.relative_scale
+        truth = outputs["target"][i] / scale + centres.unsqueeze(1)
+        recon = outputs["pred"][i] / scale + centres.unsqueeze(1)
         for points, colour, label in ((truth[~mask], "0.7", "visible"), (truth[mask], "tab:blue", "masked"),
                                       (recon[mask], "tab:red", "reconstruction")):
             points = points.reshape(-1, 3)
