@@ -233,3 +233,13 @@ def test_two_sided_layer_loads_into_a_one_sided_one_with_its_r_half():
     assert "layer 1's token update (one-sided in this model)" in str(report)
     torch.testing.assert_close(classifier.encoder.blocks[1].cross.attn.r_latents.weight,
                                pre.backbone.encoder.blocks[1].cross.attn.rv_latents.weight[:32])
+
+
+def test_latent_decoder_encodes_the_visible_tokens_only():
+    model = image_model(style="latent_decoder", mask_ratio=0.75)
+    seen = []
+    model.backbone.encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+    out = model(torch.randn(2, 3, 16, 16))
+    assert seen == [4] and out["pred"].shape == (2, 16, 4 * 4 * 3)  # 16 tokens, 12 masked
+    model.loss(out).backward()
+    assert model.mask_token.grad.abs().sum() > 0 and model.backbone.encoder.latents.grad.abs().sum() > 0

@@ -13,6 +13,12 @@ the pictures need; ``loss(outputs)`` is the masked loss.
   the ``stride x stride`` pixel cell at its centre: with overlapping patches (stride 8 / 4 of a
   16-px patch) a masked token's patch still shows the margin of its cell to its visible
   neighbours' patches, so those tokenisers mask less than the ratio says.
+  ``style="latent_decoder"``: the encoder reads the visible tokens only (its cost is linear in
+  the token count: a 0.75 mask makes it about 4x cheaper), and a :class:`LatentDecoder` whose
+  queries (the mask token + each position's Fourier encoding) read the final latents and the
+  refined visible tokens through cross-attention predicts the pixels (Perceiver IO's decoder
+  applied to masked modelling). Its cost: per block one cross-attention of N queries over
+  L + visible keys and an MLP on N queries, at the token width.
 - :class:`MaskedPointModel` (Point-MAE targets): FPS + kNN groups, a share of groups masked (their
   centres keep the positional embedding, the content is a mask token), each masked group's points
   predicted relative to its centre (scaled by the tokeniser's ``relative_scale``, as it reads
@@ -29,7 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from bixt.constraints import Range
-from bixt.core import BiXTEncoder
+from bixt.core import BiXTEncoder, CrossAttention
 from bixt.core.layers import LayerNorm
 from bixt.models.bixt_image import BiXT
 from bixt.models.factory import encoder_kwargs
@@ -38,7 +44,7 @@ from bixt.tokenizers.image import image_token_grid
 from bixt.tokenizers.point import PointGroupTokenizer, gather
 from bixt.tokenizers.text import PAD_ID, ensure_visible_token
 
-__all__ = ["MaskedImageModel", "MaskedPointModel", "MaskedByteModel", "random_mask", "block_mask", "chamfer_distance"]
+__all__ = ["LatentDecoder", "MaskedImageModel", "MaskedPointModel", "MaskedByteModel", "random_mask", "block_mask", "chamfer_distance"]
 
 Ratio = Annotated[float, Range(min=0.0, max=1.0, open_min=True, open_max=True)]
 
@@ -87,6 +93,27 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+class LatentDecoder(nn.Module):
+    """Queries (B, N, D) read a context (B, K, D) through ``depth`` pre-norm cross-attention + MLP
+    blocks, then a LayerNorm + Linear to ``out_dim`` per query."""
+
+    def __init__(self, *, dim: int, out_dim: int, depth: int = 1, num_heads: int = 4, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "norm_q": LayerNorm(dim), "norm_kv": LayerNorm(dim),
+            "attn": CrossAttention(query_dim=dim, context_dim=dim, attn_dim=dim, num_heads=num_heads),
+            "norm_mlp": LayerNorm(dim),
+            "mlp": nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim)),
+        }) for _ in range(depth))
+        self.head = nn.Sequential(LayerNorm(dim), nn.Linear(dim, out_dim))
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            queries = queries + block["attn"](block["norm_q"](queries), block["norm_kv"](context), context_mask)[0]
+            queries = queries + block["mlp"](block["norm_mlp"](queries))
+        return self.head(queries)
+
+
 class MaskedImageModel(nn.Module):
     """SimMIM on a BiXT image backbone whose every layer is two-sided (see the module docstring).
 
@@ -97,13 +124,17 @@ class MaskedImageModel(nn.Module):
         mask_block: tokens per side of a masking block (1 = random token masking).
         norm_targets: normalise each target cell by its own mean and std (MAE's ``norm_pix_loss``).
         loss: ``l1`` (SimMIM) or ``l2`` (MAE), on masked tokens only.
+        style: ``simmim`` (all tokens encoded, linear head) or ``latent_decoder`` (visible tokens
+            encoded, a :class:`LatentDecoder` of ``decoder_depth`` blocks).
     """
 
     def __init__(self, *, img_size: Annotated[int, Range(min=1)] = 224, patch_size: Annotated[int, Range(min=1)] = 16,
                  stride: Optional[Annotated[int, Range(min=1)]] = None, tokenizer: Literal["patch", "conv"] = "patch",
                  encoder: Optional[Mapping[str, Any]] = None, mask_ratio: Ratio = 0.6,
                  mask_block: Annotated[int, Range(min=1)] = 1, norm_targets: bool = False,
-                 loss: Literal["l1", "l2"] = "l1", drop_path_rate: float = 0.0, in_chans: int = 3) -> None:
+                 loss: Literal["l1", "l2"] = "l1", drop_path_rate: float = 0.0, in_chans: int = 3,
+                 style: Literal["simmim", "latent_decoder"] = "simmim",
+                 decoder_depth: Annotated[int, Range(min=1)] = 1) -> None:
         super().__init__()
         self.mask_ratio, self.mask_block = check_ratio(mask_ratio), mask_block
         self.norm_targets, self.loss_name = norm_targets, loss
@@ -121,7 +152,16 @@ class MaskedImageModel(nn.Module):
         token_dim = self.backbone.encoder.blocks[0].cross.norm_tokens.weight.shape[0]
         self.mask_token = nn.Parameter(torch.zeros(1, 1, token_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder = nn.Sequential(LayerNorm(token_dim), nn.Linear(token_dim, self.stride ** 2 * in_chans))
+        self.style = style
+        out_dim = self.stride ** 2 * in_chans
+        if style == "simmim":
+            self.decoder = nn.Sequential(LayerNorm(token_dim), nn.Linear(token_dim, out_dim))
+        else:
+            if token_dim != self.backbone.embed_dim:
+                raise ValueError("style=latent_decoder reads latents and tokens as one context: give the encoder "
+                                 "token_dim = dim")
+            self.decoder = LatentDecoder(dim=token_dim, out_dim=out_dim, depth=decoder_depth,
+                                         num_heads=self.backbone.encoder.blocks[0].cross.attn.num_heads)
 
     def make_mask(self, batch: int, device: torch.device) -> torch.Tensor:
         generator = _generator(self, device)
@@ -140,10 +180,22 @@ class MaskedImageModel(nn.Module):
         backbone = self.backbone
         height, width = image_token_grid(images, self.stride, backbone.img_size)
         mask = self.make_mask(images.shape[0], images.device) if mask is None else mask
-        embedded = backbone.patch_embed(images)
-        embedded = torch.where(mask.unsqueeze(-1), self.mask_token.to(embedded.dtype), embedded)
-        _, tokens = backbone.encoder(embedded + backbone.pos_embed(height, width))
-        return {"pred": self.decoder(tokens), "target": self.targets(images), "mask": mask, "images": images}
+        embedded, position = backbone.patch_embed(images), backbone.pos_embed(height, width)
+        out = {"target": self.targets(images), "mask": mask, "images": images}
+        if self.style == "simmim":
+            embedded = torch.where(mask.unsqueeze(-1), self.mask_token.to(embedded.dtype), embedded)
+            _, tokens = backbone.encoder(embedded + position)
+            return {"pred": self.decoder(tokens), **out}
+        # the visible tokens first, in their order; rows with fewer visible tokens padded (block masks)
+        visible = ~mask
+        order = torch.sort(visible.float(), dim=1, descending=True, stable=True).indices
+        count = visible.sum(1, keepdim=True)
+        order = order[:, : int(count.max())]
+        token_mask = torch.arange(order.shape[1], device=mask.device) < count
+        latents, tokens = backbone.encoder(gather(embedded + position, order), token_mask=token_mask)
+        queries = (self.mask_token + position).expand(images.shape[0], -1, -1)
+        context_mask = torch.cat([token_mask.new_ones(latents.shape[:2]), token_mask], 1)
+        return {"pred": self.decoder(queries, torch.cat([latents, tokens], 1), context_mask), **out}
 
     def loss(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         pred, target = outputs["pred"].float(), outputs["target"].float()
