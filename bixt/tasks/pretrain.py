@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import hydra
+from hydra.errors import InstantiationException
 import torch
 from omegaconf import DictConfig
 
@@ -137,14 +138,22 @@ class MaskedModellingAdapter(TaskAdapter):
         self.checkpoint_extra = {"pretraining": {"modality": next(k for k, v in MODALITIES.items()
                                                                   if isinstance(model, v))}}
 
+    @staticmethod
+    def inputs(batch: Any) -> torch.Tensor:
+        """The input of a classification batch ``(inputs, labels)`` or a part-segmentation one
+        (``{"pos": ...}``, fixed-size clouds); labels are never read."""
+        if isinstance(batch, Mapping):
+            return batch["pos"]
+        return batch[0] if isinstance(batch, (list, tuple)) else batch
+
     def forward(self, model: torch.nn.Module, batch: Any) -> Any:
-        return model(batch[0] if isinstance(batch, (list, tuple)) else batch)
+        return model(self.inputs(batch))
 
     def loss(self, outputs: Any, batch: Any) -> torch.Tensor:
         return self.model.loss(outputs)
 
     def batch_size(self, batch: Any) -> int:
-        return int((batch[0] if isinstance(batch, (list, tuple)) else batch).shape[0])
+        return int(self.inputs(batch).shape[0])
 
     def make_evaluator(self) -> MaskedEvaluator:
         self.evaluations += 1
@@ -165,7 +174,10 @@ class MaskedModellingAdapter(TaskAdapter):
 def train(cfg: DictConfig) -> dict[str, float]:
     data, start = kit.prepare(cfg)
     runtime = {"encoder": {"vocab_size": data.metadata["vocab_size"]}} if "vocab_size" in data.metadata else {}
-    model = kit.build_model(cfg.model, **runtime)
+    try:
+        model = kit.build_model(cfg.model, **runtime)
+    except (ValueError, InstantiationException) as err:  # a mask ratio, block or image size the model cannot take
+        raise kit.ConfigValueError(str(err.__cause__ if isinstance(err.__cause__, ValueError) else err)) from None
     pictures = None if cfg.trainer.eval_only else base_dir(cfg.trainer, None) / "recon"
     adapter = MaskedModellingAdapter(model, pictures, ema=bool(cfg.trainer.ema))
     return kit.run(cfg, model, adapter, data, start=start)
