@@ -67,7 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     preset = "smoke" if args.smoke else "quick" if args.quick else "full"
     cfg = PRESETS[preset]
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"label_efficiency{'' if preset == 'full' else '_' + preset}")
+    stem = "label_efficiency" + ("" if preset == "full" else "_" + preset)
+    out = Path(args.out or REPO / "benchmarks" / "results" / stem)
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 __all__ = ["read_checkpoint", "read_state_dict", "unwrap_state_dict", "strip_wrapper_prefixes", "torch_load",
-           "load_weights", "LoadReport", "MapsForeignCheckpoints", "DropRule", "drop_prefixes", "describe_checkpoint",
-           "describe_mismatch", "architecture", "save_safetensors"]
+           "load_weights", "fit_layer_kinds", "LoadReport", "MapsForeignCheckpoints", "DropRule", "drop_prefixes",
+           "describe_checkpoint", "describe_mismatch", "architecture", "save_safetensors"]
 
 StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -304,7 +304,8 @@ def fit_layer_kinds(state: StateDict, expected: Mapping[str, torch.Tensor], drop
         token_side = [k for k in state if k.startswith(tuple(match.group(1) + p for p in _TOKEN_UPDATE))
                       and k not in expected]
         if token_side:
-            dropped.setdefault(f"layer {match.group(2)}'s token update (one-sided in this model)", []).extend(token_side)
+            why = f"layer {match.group(2)}'s token update (one-sided in this model)"
+            dropped.setdefault(why, []).extend(token_side)
             for k in token_side:
                 del state[k]
     return state
@@ -331,7 +332,9 @@ def load_weights(
     Order: unwrap (``use_ema``: the EMA weights) -> ``within`` (keep the ``<within>.*`` tensors of
     a whole-model checkpoint, if it has them) -> ``filter_fn`` (default: the model's own
     ``filter_checkpoint``: official keys onto ours) -> ``drop`` (what this consumer discards; a
-    model tensor whose checkpoint value is dropped keeps its init and is not missing) -> load.
+    model tensor whose checkpoint value is dropped keeps its init and is not missing) -> for a
+    pre-training checkpoint (``checkpoint["pretraining"]``, written by ``bixt.tasks.pretrain``)
+    :func:`fit_layer_kinds`, and the task head (``head.*``) may be missing -> load.
 
     Raises ``RuntimeError`` naming the file, what differs and what the file seems to be for when a
     shape differs, when nothing would be loaded, or (``strict``) when a model tensor is missing from
@@ -389,8 +392,8 @@ def load_weights(
             f"The file seems to be for: {describe_checkpoint(raw, mapped)}. Is it for another model, or "
             "saved with a wrapper prefix?")
     model.load_state_dict(usable, strict=False)  # what is missing or unexpected was checked above
-    note = (f"{len(new_head)} task-head tensors ({', '.join(new_head[:3])}) are not in a pre-training checkpoint: "
-            "they start from init") if new_head else ""
+    note = (f"{len(new_head)} task-head tensors ({', '.join(new_head[:3])}) are not in a pre-training "
+            "checkpoint: they start from init") if new_head else ""
     return LoadReport(source, loaded=len(usable), total=len(expected), missing=missing, unexpected=unexpected,
                       dropped=dropped, what=what, note=note)
 

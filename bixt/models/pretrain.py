@@ -44,7 +44,8 @@ from bixt.tokenizers.image import image_token_grid
 from bixt.tokenizers.point import PointGroupTokenizer, gather
 from bixt.tokenizers.text import PAD_ID, ensure_visible_token
 
-__all__ = ["LatentDecoder", "MaskedImageModel", "MaskedPointModel", "MaskedByteModel", "random_mask", "block_mask", "chamfer_distance"]
+__all__ = ["LatentDecoder", "MaskedImageModel", "MaskedPointModel", "MaskedByteModel", "random_mask", "block_mask",
+           "chamfer_distance"]
 
 Ratio = Annotated[float, Range(min=0.0, max=1.0, open_min=True, open_max=True)]
 
@@ -283,7 +284,8 @@ class MaskedByteModel(nn.Module):
         super().__init__()
         self.mask_ratio = check_ratio(mask_ratio)
         if not encoder.encoder.update_tokens_last:
-            raise ValueError("masked byte modelling reads the refined tokens: set model.encoder.update_tokens_last=true")
+            raise ValueError("masked byte modelling reads the refined tokens: set "
+                             "model.encoder.update_tokens_last=true")
         self.backbone = encoder
         table = encoder.embed.table
         self.vocab_size = table.num_embeddings

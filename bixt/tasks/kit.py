@@ -255,8 +255,8 @@ def finetune(cfg: DictConfig, model: nn.Module) -> Optional[LoadReport]:
     made_for = (raw.get("pretraining") or {}).get("modality")
     wanted = modality(target)
     if made_for and wanted and made_for != wanted:
-        raise ConfigValueError(f"finetune_from={path} is a pre-training checkpoint for {made_for}, this task's model reads "
-                               f"{wanted}: pre-train with python -m bixt.tasks.pretrain modality={wanted}")
+        raise ConfigValueError(f"finetune_from={path} is a pre-training checkpoint for {made_for}, this task's "
+                               f"model reads {wanted}: pre-train with python -m bixt.tasks.pretrain modality={wanted}")
     kind = f" (a pre-training checkpoint for {made_for})" if made_for else ""
     try:
         report = load_weights(target, raw, strict=False, within="backbone", drop=_finetune_drop, name=str(path),
@@ -268,8 +268,9 @@ def finetune(cfg: DictConfig, model: nn.Module) -> Optional[LoadReport]:
         lists = "; ".join(f"{title} {len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
                           for title, keys in (("backbone tensors not in the file:", missing),
                                               ("file tensors without a place:", report.unexpected)) if keys)
-        raise ConfigValueError(f"finetune_from={path}{kind} does not fit this task's backbone: {lists}; pre-train "
-                               "(or train) with this task's model architecture (model.encoder.*, patch size, tokeniser)")
+        raise ConfigValueError(f"finetune_from={path}{kind} does not fit this task's backbone: {lists}; "
+                               "pre-train (or train) with this task's model architecture (model.encoder.*, patch "
+                               "size, tokeniser)")
     report.log_to(log, "finetune_from: ")
     return report
 

@@ -160,7 +160,9 @@ class MaskedModellingAdapter(TaskAdapter):
         draw = None
         rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
         if self.picture_dir is not None and rank0:
-            epoch, ema = (self.evaluations + 1) // 2 if self.ema else self.evaluations, self.ema and self.evaluations % 2 == 0
+            # with EMA every epoch evaluates twice: the model, then its EMA
+            ema = self.ema and self.evaluations % 2 == 0
+            epoch = (self.evaluations + 1) // 2 if self.ema else self.evaluations
             picture, suffix = PICTURES[type(self.model)]
             path = self.picture_dir / f"epoch_{epoch:03d}{'_ema' if ema else ''}.{suffix}"
 
