@@ -32,7 +32,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequenc
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue
 from torch import nn
 
 from bixt.constraints import ConfigValueError, Range, check_keys, check_node
@@ -101,12 +101,27 @@ def refuse_renamed(key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- checks before building
+def _required(name: str) -> Any:
+    raise ConfigValueError(f"{name} is required here; give it on the command line, e.g. {name}=...")
+
+
+# ``key: ${bixt.required:key}`` marks a value an experiment requires where the task's config already
+# has a default for it (an experiment's ``???`` cannot replace a value when the configs are merged)
+OmegaConf.register_new_resolver("bixt.required", _required, replace=True)
+
+
 def check_required(cfg: DictConfig) -> None:
     """Fail early, and readably, when a mandatory value (``???``) is unset. The data node's are
     left to its builder, whose message names the file or folder to give."""
     try:
         for key in cfg:
             if key != "data":
+                try:
+                    cfg[key]
+                except InterpolationResolutionError as err:
+                    if isinstance(err.__cause__, ConfigValueError):
+                        raise err.__cause__ from None
+                    raise
                 if OmegaConf.is_missing(cfg, key):
                     raise MissingMandatoryValue(f"Missing mandatory value: {key}")
                 if OmegaConf.is_config(cfg[key]):
