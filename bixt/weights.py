@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 __all__ = ["read_checkpoint", "read_state_dict", "unwrap_state_dict", "strip_wrapper_prefixes", "torch_load",
-           "load_weights", "LoadReport", "MapsForeignCheckpoints", "DropRule", "drop_prefixes", "describe_checkpoint",
-           "describe_mismatch", "architecture", "save_safetensors"]
+           "load_weights", "fit_layer_kinds", "LoadReport", "MapsForeignCheckpoints", "DropRule", "drop_prefixes",
+           "describe_checkpoint", "describe_mismatch", "architecture", "save_safetensors"]
 
 StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -284,6 +284,33 @@ def _select(state: StateDict, within: str, dropped: dict[str, list[str]]) -> Sta
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+#: model tensors a pre-training checkpoint never has (the downstream task's head)
+TASK_HEADS = ("head.",)
+_TWO_SIDED = re.compile(r"^(.*blocks\.(\d+)\.cross\.)attn\.rv_latents\.(weight|bias)$")
+_TOKEN_UPDATE = ("attn.proj_tokens.", "mlp_norm_tokens.", "mlp_tokens.")
+
+
+def fit_layer_kinds(state: StateDict, expected: Mapping[str, torch.Tensor], dropped: dict[str, list[str]]) -> StateDict:
+    """A pre-training checkpoint's two-sided layers into the model's one-sided ones (a classifier's
+    last layer): the latents' fused (r, v) projection keeps its r half (the channel layout is
+    ``[r | v]``), the layer's token update is dropped (reported)."""
+    state = dict(state)
+    for key in list(state):
+        match = _TWO_SIDED.match(key)
+        r_key = match and f"{match.group(1)}attn.r_latents.{match.group(3)}"
+        if not match or key in expected or r_key not in expected:
+            continue
+        state[r_key] = state.pop(key)[: expected[r_key].shape[0]]
+        token_side = [k for k in state if k.startswith(tuple(match.group(1) + p for p in _TOKEN_UPDATE))
+                      and k not in expected]
+        if token_side:
+            why = f"layer {match.group(2)}'s token update (one-sided in this model)"
+            dropped.setdefault(why, []).extend(token_side)
+            for k in token_side:
+                del state[k]
+    return state
+
+
 def load_weights(
     model: nn.Module,
     checkpoint: Union[PathLike, Mapping],
@@ -305,7 +332,9 @@ def load_weights(
     Order: unwrap (``use_ema``: the EMA weights) -> ``within`` (keep the ``<within>.*`` tensors of
     a whole-model checkpoint, if it has them) -> ``filter_fn`` (default: the model's own
     ``filter_checkpoint``: official keys onto ours) -> ``drop`` (what this consumer discards; a
-    model tensor whose checkpoint value is dropped keeps its init and is not missing) -> load.
+    model tensor whose checkpoint value is dropped keeps its init and is not missing) -> for a
+    pre-training checkpoint (``checkpoint["pretraining"]``, written by ``bixt.tasks.pretrain``)
+    :func:`fit_layer_kinds`, and the task head (``head.*``) may be missing -> load.
 
     Raises ``RuntimeError`` naming the file, what differs and what the file seems to be for when a
     shape differs, when nothing would be loaded, or (``strict``) when a model tensor is missing from
@@ -338,8 +367,13 @@ def load_weights(
             for k in keys:
                 del state[k]
     expected = model.state_dict()
+    pretraining = raw.get("pretraining") if isinstance(raw, Mapping) else None
+    if pretraining:
+        state = fit_layer_kinds(state, expected, dropped)
     kept = {k for keys in dropped.values() for k in keys}
     missing = [k for k in expected if k not in state and k not in kept]
+    new_head = [k for k in missing if pretraining and k.startswith(TASK_HEADS)]
+    missing = [k for k in missing if k not in new_head]
     unexpected = [k for k in state if k not in expected]
     usable = {k: v for k, v in state.items() if k in expected}
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
@@ -358,8 +392,10 @@ def load_weights(
             f"The file seems to be for: {describe_checkpoint(raw, mapped)}. Is it for another model, or "
             "saved with a wrapper prefix?")
     model.load_state_dict(usable, strict=False)  # what is missing or unexpected was checked above
+    note = (f"{len(new_head)} task-head tensors ({', '.join(new_head[:3])}) are not in a pre-training "
+            "checkpoint: they start from init") if new_head else ""
     return LoadReport(source, loaded=len(usable), total=len(expected), missing=missing, unexpected=unexpected,
-                      dropped=dropped, what=what)
+                      dropped=dropped, what=what, note=note)
 
 
 # --- write -----------------------------------------------------------------------------------------

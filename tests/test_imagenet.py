@@ -150,7 +150,8 @@ def test_official_recipe_and_ft384_presets_compose():
 
     ft = compose("experiment=bixt_ti_l64_p16_ft384", "data.root=/data/imagenet", "finetune_from=/w/best.pth")
     assert ft.model.model_name == "bixt_ti_l64_p16_ft384" and ft.data.img_size == 384 and ft.model.drop_path_rate == 0.05
-    assert trainer_config(ft).checkpoint == "/w/best.pth" and trainer_config(ft).epochs == 30
+    # the 224 px weights come through the one finetune_from mechanism of the kit (kit.finetune)
+    assert ft.finetune_from == "/w/best.pth" and trainer_config(ft).checkpoint is None and trainer_config(ft).epochs == 30
     assert optim_config(ft).lr == 2.5e-5 and optim_config(ft).warmup_epochs == 0
     with pytest.raises(ValueError, match="finetune_from"):
         check_required(compose("experiment=bixt_ti_l64_p16_ft384", "data.root=/data/imagenet"))

@@ -73,6 +73,7 @@ class BiXT(nn.Module):
         dynamic_img_size: bool = False,
         attn_impl: str = "auto",
         cross_attention: str = "bidirectional",
+        last_layer: str = "latents",
         **official_kwargs,
     ) -> None:
         super().__init__()
@@ -108,7 +109,7 @@ class BiXT(nn.Module):
             embed_dim, depth, num_latents, token_dim=token_dim, attn_dim=attn_dim, num_heads=num_heads,
             cross_heads=cross_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, rv_bias=rv_bias,
             drop_path_rate=drop_path_rate, token_drop_path_rate=token_drop_path_rate,
-            init_values=init_values, last_layer="latents", attn_impl=attn_impl, cross_attention=cross_attention,
+            init_values=init_values, last_layer=last_layer, attn_impl=attn_impl, cross_attention=cross_attention,
         )
         self.fc_norm = LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)

@@ -32,14 +32,16 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequenc
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue
 from torch import nn
 
 from bixt.constraints import ConfigValueError, Range, check_keys, check_node
 from bixt.data.builder import build_data
 from bixt.data.errors import data_errors_exit
 from bixt.data.task_data import TaskData
-from bixt.engine import StartCheckpoint, optim_config, run, seed_everything, start_checkpoint, trainer_config
+from bixt.engine import StartCheckpoint, optim_config, seed_everything, start_checkpoint, trainer_config
+from bixt.engine import run as engine_run
+from bixt.weights import LoadReport, load_weights, read_checkpoint
 
 log = logging.getLogger("bixt.tasks")
 
@@ -99,12 +101,27 @@ def refuse_renamed(key: str) -> None:
 
 
 # ----------------------------------------------------------------------------- checks before building
+def _required(name: str) -> Any:
+    raise ConfigValueError(f"{name} is required here; give it on the command line, e.g. {name}=...")
+
+
+# ``key: ${bixt.required:key}`` marks a value an experiment requires where the task's config already
+# has a default for it (an experiment's ``???`` cannot replace a value when the configs are merged)
+OmegaConf.register_new_resolver("bixt.required", _required, replace=True)
+
+
 def check_required(cfg: DictConfig) -> None:
     """Fail early, and readably, when a mandatory value (``???``) is unset. The data node's are
     left to its builder, whose message names the file or folder to give."""
     try:
         for key in cfg:
             if key != "data":
+                try:
+                    cfg[key]
+                except InterpolationResolutionError as err:
+                    if isinstance(err.__cause__, ConfigValueError):
+                        raise err.__cause__ from None
+                    raise
                 if OmegaConf.is_missing(cfg, key):
                     raise MissingMandatoryValue(f"Missing mandatory value: {key}")
                 if OmegaConf.is_config(cfg[key]):
@@ -193,6 +210,107 @@ def build_model(model_cfg: DictConfig, **runtime: Any) -> nn.Module:
     return instantiate(model_cfg, **runtime, _convert_="all")
 
 
+# ----------------------------------------------------------------------------- fine-tuning
+#: where a backbone lives in each task's model (the first attribute present), else the model itself
+BACKBONE_ATTRS = ("backbone", "document_encoder", "encoder")
+
+
+def finetune_target(model: nn.Module) -> nn.Module:
+    """The part of a task model that a pre-training checkpoint's ``backbone.*`` fills: a segmenter's
+    ``backbone``, a text model's sequence encoder, else the model (image / point classifiers,
+    whose ``encoder`` is the BiXTEncoder itself and whose tokeniser belongs to the backbone)."""
+    from bixt.core import BiXTEncoder
+
+    for attr in BACKBONE_ATTRS:
+        part = getattr(model, attr, None)
+        if isinstance(part, nn.Module) and not isinstance(part, BiXTEncoder):
+            return part
+    return model
+
+
+def _finetune_drop(state: Mapping[str, Any], target: nn.Module) -> dict[str, list[str]]:
+    """What a fine-tune discards: a pre-training decoder and mask token (when the file is not a
+    whole-model checkpoint), a task head or token table of another size, and for a dense image
+    backbone what the segmenter's own rule drops (layers after the last token map)."""
+    from bixt.models.segmentation import dense_backbone_drop
+
+    expected = target.state_dict()
+    dropped: dict[str, list[str]] = {}
+    for key, value in state.items():
+        if key.startswith(("decoder.", "mask_token")):
+            dropped.setdefault("pre-training decoder and mask token", []).append(key)
+        elif key.startswith("head.") and (key not in expected or expected[key].shape != value.shape):
+            dropped.setdefault("task head of another size", []).append(key)
+        elif key.endswith(_TABLES) and (
+                key not in expected or expected[key].shape != value.shape):
+            dropped.setdefault("token table of another vocabulary (starts from init)", []).append(key)
+    if getattr(target, "feature_info", None) is not None and getattr(target, "num_classes", 1) == 0:
+        rest = {k: v for k, v in state.items() if not any(k in keys for keys in dropped.values())}
+        for why, keys in dense_backbone_drop(rest, target).items():
+            dropped.setdefault(why, []).extend(keys)
+    return dropped
+
+
+def finetune(cfg: DictConfig, model: nn.Module) -> Optional[LoadReport]:
+    """Load ``cfg.finetune_from`` (a pre-training run's checkpoint, a classifier, an official file)
+    into the model's backbone (:func:`finetune_target`), logging what was loaded and dropped; a
+    file of another architecture or modality is one line naming what differs. Skipped when the
+    run only evaluates; a resumed run's own checkpoint replaces the weights afterwards."""
+    path = cfg.get("finetune_from")
+    if not path or cfg.trainer.get("eval_only"):
+        return None
+    if cfg.trainer.get("checkpoint"):
+        raise ConfigValueError(f"finetune_from={path} and trainer.checkpoint={cfg.trainer.checkpoint} both give "
+                               "starting weights; keep one (finetune_from: the backbone; checkpoint: the exact model)")
+    target = finetune_target(model)
+    try:
+        raw = read_checkpoint(path)
+    except (RuntimeError, ValueError, FileNotFoundError) as err:
+        raise ConfigValueError(f"finetune_from={path}: {' '.join(str(err).split())}") from None
+    made_for = (raw.get("pretraining") or {}).get("modality")
+    wanted = modality(target)
+    if made_for and wanted and made_for != wanted:
+        raise ConfigValueError(f"finetune_from={path} is a pre-training checkpoint for {made_for}, this task's "
+                               f"model reads {wanted}: pre-train with python -m bixt.tasks.pretrain modality={wanted}")
+    kind = f" (a pre-training checkpoint for {made_for})" if made_for else ""
+    try:
+        report = load_weights(target, raw, strict=False, within="backbone", drop=_finetune_drop, name=str(path),
+                              what="backbone")
+    except (RuntimeError, ValueError) as err:
+        raise ConfigValueError(f"finetune_from={path}{kind}: {' '.join(str(err).split())}") from None
+    missing = [k for k in report.missing if not k.endswith(_TABLES)]
+    if missing or report.unexpected:
+        lists = "; ".join(f"{title} {len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
+                          for title, keys in (("backbone tensors not in the file:", missing),
+                                              ("file tensors without a place:", report.unexpected)) if keys)
+        raise ConfigValueError(f"finetune_from={path}{kind} does not fit this task's backbone: {lists}; "
+                               "pre-train (or train) with this task's model architecture (model.encoder.*, patch "
+                               "size, tokeniser)")
+    report.log_to(log, "finetune_from: ")
+    return report
+
+
+_TABLES = ("byte_embed.weight", "token_embed.weight")
+
+
+def modality(model: nn.Module) -> Optional[str]:
+    """What a backbone reads, by its tokeniser: images, points or bytes (None: unknown)."""
+    if hasattr(model, "patch_embed"):
+        return "images"
+    if hasattr(model, "tokenizer"):
+        return "points"
+    if hasattr(model, "embed"):
+        return "bytes"
+    return None
+
+
+def run(cfg: DictConfig, model: nn.Module, adapter: Any, data: TaskData, *,
+        start: Optional[StartCheckpoint] = None) -> dict[str, float]:
+    """:func:`bixt.engine.run` after :func:`finetune` (``finetune_from=PATH``)."""
+    finetune(cfg, model)
+    return engine_run(cfg, model, adapter, data, start=start)
+
+
 def smoothing(cfg: DictConfig) -> float:
     return float((cfg.get("loss") or {}).get("label_smoothing", 0.0))
 
@@ -216,5 +334,5 @@ def main(cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]], metri
     return metrics.get(metric, float("nan"))
 
 
-__all__ = ["TaskData", "build_model", "check_classes", "check_required", "cli", "log_tables", "main", "min_points",
-           "prepare", "run", "smoothing", "validate"]
+__all__ = ["TaskData", "build_model", "check_classes", "check_required", "cli", "finetune", "finetune_target",
+           "log_tables", "main", "min_points", "prepare", "run", "smoothing", "validate"]

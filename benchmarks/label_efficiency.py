@@ -1,0 +1,108 @@
+"""Does masked pre-training help when labels are few? On the embedded data: pre-train without
+labels (``python -m bixt.tasks.pretrain``), then fine-tune with 10 % of the labels
+(``finetune_from=``) against training from scratch with the same fine-tuning budget, 3 seeds each.
+
+    python benchmarks/label_efficiency.py            # the full table (README)
+    python benchmarks/label_efficiency.py --quick    # smaller sets and budgets
+    python benchmarks/label_efficiency.py --smoke    # seconds per run: checks that everything runs
+
+Tasks: image classification (imagenet, embedded shapes), semantic segmentation (ade20k_semseg,
+embedded scenes; its backbone is pre-trained on the shapes images), ModelNet-style classification
+(modelnet40_cls, embedded solids) and ListOps (lra_listops; byte pre-training on embedded text,
+so the token table starts from init). Each runs the real commands in subprocesses and reads the
+runs' ``metrics.jsonl``; the metric is the best validation value of the fine-tune. Writes
+``benchmarks/results/label_efficiency[_quick|_smoke].{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: task -> (pre-training modality, metric, full training-set size of the embedded data, its size key)
+TASKS = {
+    "imagenet": ("images", "top1", 10000, "data.train_size"),
+    "ade20k_semseg": ("images", "miou", 3000, "data.train_size"),
+    "modelnet40_cls": ("points", "top1", 2000, "data.train_size"),
+    "lra_listops": ("bytes", "top1", 10000, "data.train_size"),
+}
+PRESETS = {  # pre-training overrides per modality, fine-tune epochs, share of labels, seeds
+    "full": dict(pretrain={}, epochs=12, share=0.1, seeds=3),
+    "quick": dict(pretrain={"images": ["trainer.epochs=3"], "points": ["trainer.epochs=3"],
+                            "bytes": ["trainer.epochs=3"]}, epochs=6, share=0.1, seeds=3),
+    "smoke": dict(pretrain={"images": ["trainer.epochs=1", "data.train_size=64", "data.val_size=32"],
+                            "points": ["trainer.epochs=1", "data.train_size=32", "data.test_size=16"],
+                            "bytes": ["trainer.epochs=1", "data.train_size=32", "data.val_size=16"]},
+                  epochs=1, share=0.01, seeds=1),
+}
+SMOKE_EVAL = {"imagenet": ["data.val_size=32"], "ade20k_semseg": ["data.val_size=8"],
+              "modelnet40_cls": ["data.test_size=16"], "lra_listops": ["data.val_size=16", "data.test_size=16"]}
+
+
+def run(module: str, args: list[str], cwd: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{module} {' '.join(args)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
+def best(run_dir: Path, metric: str) -> float:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max(float(r[f"val/{metric}"]) for r in rows if f"val/{metric}" in r)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    preset = "smoke" if args.smoke else "quick" if args.quick else "full"
+    cfg = PRESETS[preset]
+    stem = "label_efficiency" + ("" if preset == "full" else "_" + preset)
+    out = Path(args.out or REPO / "benchmarks" / "results" / stem)
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        pretrained: dict[str, Path] = {}
+        for task in args.tasks:
+            modality, metric, full, size_key = TASKS[task]
+            if modality not in pretrained:
+                run_dir = work / f"pre_{modality}"
+                run("bixt.tasks.pretrain", [f"modality={modality}", *cfg["pretrain"].get(modality, []),
+                                            f"trainer.run_dir={run_dir}"], work)
+                pretrained[modality] = run_dir / "best.pth"
+            labels = max(8, int(full * cfg["share"]))
+            common = [f"{size_key}={labels}", f"trainer.epochs={cfg['epochs']}", "trainer.min_updates=0",
+                      *(SMOKE_EVAL[task] if preset == "smoke" else [])]
+            for seed in range(cfg["seeds"]):
+                for start in ("scratch", "pretrained"):
+                    run_dir = work / f"{task}_{start}_{seed}"
+                    extra = [f"finetune_from={pretrained[modality]}"] if start == "pretrained" else []
+                    run(f"bixt.tasks.{task}", [*common, f"trainer.seed={seed}", *extra, f"trainer.run_dir={run_dir}"],
+                        work)
+                    results.setdefault(task, {}).setdefault(start, []).append(best(run_dir, metric))
+                    print(task, start, seed, results[task][start][-1], flush=True)
+    lines = [f"| task (metric, {int(cfg['share'] * 100)} % of labels) | from scratch | pre-trained |", "|---|---|---|"]
+    for task, runs in results.items():
+        def cell(values: list[float]) -> str:
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(runs['scratch'])} | {cell(runs['pretrained'])} |")
+    table = "\n".join(lines)
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"preset": preset, **cfg, "results": results}, indent=1))
+    out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
