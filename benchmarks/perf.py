@@ -39,10 +39,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.accel import cpu_kernel_available, optimize  # noqa: E402
+from bixt.flops import count_call_flops  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from published_ops import published_ops  # noqa: E402
 from common import (  # noqa: E402
-    MemorySpec, build_model, count_flops, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
+    MemorySpec, build_model, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
     measure_peak_memory, other_load, set_threads,
 )
 
@@ -246,7 +247,7 @@ def flops_per_image(net: Net, batch: int, train: bool) -> Optional[float]:
             out.float().sum().backward()
 
     try:
-        return count_flops(run) / batch
+        return count_call_flops(run) / batch
     except Exception as err:  # a model that cannot run on meta tensors: say so, don't crash
         print(f"FLOP count of {net.label} failed: {type(err).__name__}: {err}", file=sys.stderr)
         return None
