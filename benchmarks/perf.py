@@ -18,7 +18,9 @@ median over rounds (so background load hits all configurations alike):
 - accuracy: bf16-autocast vs fp32 features of the golden reduced model (tests/data).
 
 Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out`` and prints markdown
-tables plus a PASS/FAIL summary against the targets of issue 6. See benchmarks/README.md.
+tables plus a PASS/FAIL summary against the CPU performance targets (``TARGETS``: matmul share of the
+time, bf16 over fp32, BiXT over ViT at 3136 and 12544 tokens, memory growth, speed over the published
+implementation's ops). See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -587,7 +589,7 @@ def _find(rows, **match) -> Optional[dict]:
 
 
 def summary_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The acceptance ratios of issue 6, each with its target and PASS / FAIL / N/A."""
+    """The CPU performance ratios of ``TARGETS``, each with its target and PASS / FAIL / N/A."""
     checks = []
 
     def check(name: str, what: str, value: Optional[float], note: str = "") -> None:
