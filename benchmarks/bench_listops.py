@@ -14,7 +14,7 @@ ListOps token ids, every token real (the LRA length bound). In one run:
 - peak memory: extra resident memory of one forward pass, each model in a fresh worker process
   (glibc mmap threshold at 64 KiB so RSS follows the live tensors, peak-RSS counter reset before
   the pass, peak minus the RSS before it; the method of ``common.measure_peak_memory``);
-- model FLOPs per sequence (``common.count_flops``).
+- model FLOPs per sequence (``bixt.flops.count_call_flops``).
 
 Prints a markdown table and the BiXT / Transformer ratios, writes ``lra_listops.json`` to ``--out``.
 The paper reports BiXT 39.42 % vs the Transformer's 39.10 % accuracy at 25 % fewer FLOPs.
@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bixt.flops import count_call_flops  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    count_flops, cpu_snapshot, interleaved_timing, machine_info, other_load, peak_rss_of, run_memory_worker,
+    cpu_snapshot, interleaved_timing, machine_info, other_load, peak_rss_of, run_memory_worker,
     sequence_benchmark_parser, sequence_benchmark_results, set_threads,
 )
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = {name: build_listops_model(name, args.length) for name in MODELS}
     inputs = make_batch(args.batch, args.length)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    flops = {name: count_flops(lambda m=m: m(make_batch(1, args.length))) for name, m in models.items()}
+    flops = {name: count_call_flops(lambda m=m: m(make_batch(1, args.length))) for name, m in models.items()}
 
     def forward(model: torch.nn.Module):
         def call():

@@ -14,7 +14,7 @@ documents (every byte real, as for AAN documents at the LRA cut). In one run:
 - peak memory: extra resident memory of one forward pass, per pair, each model in a fresh worker
   process (method of ``common.measure_peak_memory``: glibc mmap threshold at 64 KiB so RSS follows
   the live tensors, peak-RSS counter reset before the pass, peak minus the RSS before it);
-- model FLOPs per pair (``common.count_flops``: matrix products and attention).
+- model FLOPs per pair (``bixt.flops.count_call_flops``: matrix products and attention).
 
 Prints a markdown table and the BiXT / Transformer ratios, writes ``lra_retrieval.json`` to ``--out``.
 The paper reports 7.6x the Transformer's samples/s at batch 32 on a GPU (5703 vs 751).
@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bixt.flops import count_call_flops  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
 from common import (  # noqa: E402
-    count_flops, interleaved_timing, machine_info, peak_rss_of, run_memory_worker, sequence_benchmark_parser,
+    interleaved_timing, machine_info, peak_rss_of, run_memory_worker, sequence_benchmark_parser,
     sequence_benchmark_results, set_threads,
 )
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = {name: build_retrieval_model(name, args.length) for name in MODELS}
     inputs = make_pairs(args.batch, args.length)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    flops = {name: count_flops(lambda m=m: m(*make_pairs(1, args.length))) for name, m in models.items()}
+    flops = {name: count_call_flops(lambda m=m: m(*make_pairs(1, args.length))) for name, m in models.items()}
 
     def forward(model: torch.nn.Module):
         def call():

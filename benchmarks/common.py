@@ -5,8 +5,6 @@ as ``python benchmarks/<script>.py`` so this directory is on ``sys.path``.
 
 - :func:`interleaved_timing` — every configuration once per round, medians per configuration, so
   background load (the machine is shared) hits all configurations alike.
-- :func:`count_flops` — ``torch.utils.flop_counter`` with the CPU fused-attention kernels counted
-  (PyTorch registers FLOP formulas for the CUDA SDPA kernels only).
 - :func:`measure_peak_memory` — peak resident memory of a forward pass, measured in a fresh worker
   process (see the function for the method).
 - :func:`machine_info`, :func:`markdown_table`, :func:`set_threads`.
@@ -30,12 +28,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bixt.accel import cpu_kernel_available
 
 __all__ = [
-    "TimingResult", "interleaved_timing", "count_flops", "MemorySpec", "measure_peak_memory",
+    "TimingResult", "interleaved_timing", "MemorySpec", "measure_peak_memory",
     "machine_info", "markdown_table", "set_threads", "build_model", "cpu_snapshot", "other_load",
     "read_status_kb", "reset_peak_rss", "sequence_benchmark_results",
 ]
@@ -233,38 +230,6 @@ def interleaved_timing(
             log(f"  stopping after {r + 1} rounds: timing budget of {budget_s:g} s spent")
             break
     return results
-
-
-# --- FLOPs ----------------------------------------------------------------------------------------
-def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
-
-
-def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-def _cpu_attention_formulas() -> dict:
-    aten = torch.ops.aten
-    formulas = {}
-    # PyTorch counts the CUDA fused-attention kernels only; on CPU SDPA runs these two ops.
-    for op, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),
-                        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flops)):
-        if hasattr(aten, op):
-            formulas[getattr(aten, op)] = formula
-    return formulas
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of everything ``fn`` runs (a multiply-add counts 2).
-
-    Runs with grad enabled: FlopCounterMode's module tracker fails under ``torch.no_grad()`` on
-    models that call submodules repeatedly. Matrix products, convolutions and attention are counted;
-    elementwise work (norms, softmax, GELU) is not, as usual for model FLOPs.
-    """
-    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 # --- peak memory ----------------------------------------------------------------------------------

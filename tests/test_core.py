@@ -263,12 +263,18 @@ def test_tune_cpu_allocator_is_idempotent_and_respects_user_settings(monkeypatch
 
 
 
+def shared_weights(source, target):
+    """``target`` with every weight it shares with ``source``: the same layer of another kind."""
+    target.load_state_dict({k: v for k, v in source.state_dict().items() if k in target.state_dict()})
+    return target
+
+
 def test_tokens_only_last_layer_gives_the_same_tokens_and_keeps_no_latent_update():
-    full, tokens_only = tiny(), tiny()
-    tokens_only.rebuild_last_layer("tokens")
-    built = tiny(last_layer="tokens")  # chosen at construction: the same layout
-    assert list(built.state_dict()) == list(tokens_only.state_dict())
-    assert built.blocks[-1].updates == "tokens" and built.token_layers == [0, 1] and built.update_tokens_last
+    full = tiny()
+    tokens_only = shared_weights(full, tiny(last_layer="tokens"))  # chosen at construction
+    assert tokens_only.blocks[-1].updates == "tokens" and tokens_only.token_layers == [0, 1]
+    assert tokens_only.update_tokens_last
+    assert set(tokens_only.state_dict()) < set(full.state_dict())
     x = torch.randn(2, 9, 32)
     mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
     for impl in ("math", "sdpa"):
@@ -279,11 +285,3 @@ def test_tokens_only_last_layer_gives_the_same_tokens_and_keeps_no_latent_update
         torch.testing.assert_close(tokens_only(x, mask)[1], full(x, mask)[1])
     names = [n for n, _ in tokens_only.blocks[-1].named_parameters()]
     assert not [n for n in names if "latent_attn" in n or "mlp_latents" in n or "proj_latents" in n]
-    with pytest.raises(ValueError, match=r"layer 1 of kind 'latents' has no weights for a 'tokens' layer's \['cross.attn.rv_latents"):
-        tiny(update_tokens_last=False).rebuild_last_layer("tokens")
-    enc = tiny()
-    torch.manual_seed(5)
-    enc.rebuild_last_layer("tokens")  # draws no random numbers: a seeded model builds the same after it
-    after = torch.rand(())
-    torch.manual_seed(5)
-    assert torch.equal(after, torch.rand(()))

@@ -398,6 +398,34 @@ def test_run_puts_every_process_wide_setting_back(tmp_path, monkeypatch):
     assert after == before and "CUBLAS_WORKSPACE_CONFIG" not in __import__("os").environ
 
 
+def test_the_header_gives_parameters_and_flops_per_sample_and_changes_nothing(tmp_path, caplog, monkeypatch):
+    """Counted on one validation sample (8 -> 16 -> 2 linears: 2 * (128 + 32) FLOPs, 178 weights), in eval-only
+    runs too; the count leaves every random stream alone (NoisyBlobs draws from the global RNGs)."""
+    data = TaskData(NoisyBlobs(32), NoisyBlobs(8, seed=1))
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(make_cfg(tmp_path / "counted", epochs=2), tiny_model(), adapter(), data)
+    header = "178 parameters (178 trainable), 320 FLOPs per sample forward | 32 train / 8 val samples"
+    assert header in caplog.text
+    from bixt.engine.trainer import _Engine
+
+    def fails(self, dataset):
+        raise RuntimeError("cannot trace this\nsecond line")
+
+    monkeypatch.setattr(_Engine, "_flops_per_sample", fails)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(make_cfg(tmp_path / "uncounted", epochs=2), tiny_model(), adapter(), data)
+    assert "178 parameters (178 trainable), FLOPs: not counted (RuntimeError: cannot trace this) |" in caplog.text
+    a, b = state(tmp_path / "counted" / "last.pth"), state(tmp_path / "uncounted" / "last.pth")
+    assert all(torch.equal(t, b["state_dict"][k]) for k, t in a["state_dict"].items())
+    monkeypatch.undo()
+    caplog.clear()
+    cfg = make_cfg(tmp_path / "eval", eval_only=True, checkpoint=str(tmp_path / "counted" / "last.pth"))
+    with caplog.at_level("INFO", logger="bixt.engine"):
+        run(cfg, tiny_model(), adapter(), TaskData(None, NoisyBlobs(8, seed=1)))
+    assert "178 parameters (178 trainable), 320 FLOPs per sample forward | 8 val samples" in caplog.text
+
+
 class DuckTypedAdapter:
     """A user's adapter with every required member but without the TaskAdapter base."""
 

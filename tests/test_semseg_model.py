@@ -88,6 +88,25 @@ def test_default_feature_layers_and_pruning():
         tiny("upernet")
 
 
+def test_the_backbone_is_built_as_used_not_pruned_afterwards(monkeypatch):
+    """Only the layers up to the last map read, the last one refining its tokens only, no classifier:
+    chosen at construction (nothing is removed or rebuilt), with the trained layout's drop-path rates."""
+    from bixt.models.bixt_image import BiXT
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the segmenter changed its backbone after building it")
+
+    monkeypatch.setattr(BiXT, "prune_intermediate_layers", refused)
+    model = tiny("semfpn", kwargs=dict(TINY, depth=6), feature_layers=[0, 1, 1, 2], drop_path_rate=0.1)
+    blocks = model.backbone.encoder.blocks
+    assert [b.cross.updates for b in blocks] == ["both", "both", "tokens"]
+    assert not any(".attn.r_latents" in k or "fc_norm" in k or k.startswith("head.") for k in model.backbone.state_dict())
+    # layer i keeps the rate of layer i of the 6-layer backbone as trained: 0.1 * i / 5 (to rounding)
+    assert [b.cross.drop_path_tokens.drop_prob for b in blocks[1:]] == pytest.approx([0.02, 0.04], rel=1e-12)
+    with pytest.raises(ValueError, match="backbone_kwargs may not set.*last_layer"):
+        tiny(kwargs=dict(TINY, last_layer="both"))
+
+
 def test_size_not_divisible_by_the_stride():
     model = tiny()
     with pytest.raises(ValueError, match=r"image size 72x96 is not divisible by the segmenter's token stride 16; "

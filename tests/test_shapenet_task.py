@@ -56,11 +56,14 @@ def test_same_seed_same_result(tmp_path):
 def test_naive_tokenizer_trains_with_variable_size_clouds(tmp_path):
     # num_points=null: every point of every cloud, padded per batch (clouds differ in size).
     cfg = _compose(["model=bixt_point_naive", "model.encoder.dim=32", "model.encoder.depth=2", "model.encoder.num_heads=2",
-                    "model.encoder.num_latents=8", "model.head.hidden=32", "trainer.epochs=1",
-                    "trainer.batch_size=4", "data.train_size=8", "data.val_size=6",
+                    "model.encoder.num_latents=8", "model.head.hidden=32", "trainer.epochs=4", "trainer.min_updates=0",
+                    "trainer.batch_size=4", "data.train_size=16", "data.val_size=6", "optim.lr=3e-3",
                     "data.points_per_shape=[40,70]", "data.num_points=null", f"trainer.run_dir={tmp_path}"])
     metrics = train(cfg)
     assert 0.0 <= metrics["val/instance_miou"] <= 1.0
+    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # it learns: 2.64 -> 2.33 over 4 epochs; without the optimizer step 2.67 -> 2.68
+    assert losses[-1] < 0.95 * losses[0], losses
 
 
 def test_config_errors_are_clear(tmp_path):

@@ -18,7 +18,7 @@ from bixt.data.task_data import TaskData
 from bixt.tasks import kit
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ("imagenet", "modelnet40_cls", "shapenet_partseg", "lra_listops", "lra_retrieval", "ade20k_semseg")
+TASKS = ("imagenet", "modelnet40_cls", "shapenet_partseg", "lra_listops", "lra_retrieval", "ade20k_semseg", "clevr_vqa")
 
 
 def _compose(task: str, *overrides: str):

@@ -145,15 +145,14 @@ class BiXTEncoder(nn.Module):
         token_rates = [token_drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
 
         self.latents = nn.Parameter(torch.zeros(1, num_latents, dim))
-        # each layer's constructor arguments but its kind: rebuild_last_layer builds another kind from them
-        self._layer_kwargs = [
+        layer_kwargs = [
             dict(latent_dim=dim, token_dim=self.token_dims or self.token_dim, attn_dim=self.attn_dim, num_heads=num_heads,
                  cross_heads=cross_heads or num_heads, mlp_ratio=mlp_ratio, token_mlp_ratio=token_mlp_ratio,
                  qkv_bias=qkv_bias, rv_bias=rv_bias, drop_path=rates[i], token_drop_path=token_rates[i],
                  init_values=init_values, cross_attention=cross_attention, attn_impl=attn_impl)
             for i in range(depth)
         ]
-        self.blocks = nn.ModuleList(BiXTLayer(**kwargs, updates=kind) for kwargs, kind in zip(self._layer_kwargs, kinds))
+        self.blocks = nn.ModuleList(BiXTLayer(**kwargs, updates=kind) for kwargs, kind in zip(layer_kwargs, kinds))
         init_weights_jax(self)
         trunc_normal_(self.latents, std=0.02)
         if self.token_dims:  # tells the latents which stream a token came from
@@ -190,25 +189,6 @@ class BiXTEncoder(nn.Module):
         if in_last_layer and not self.update_tokens_last:
             raise ValueError(f"{consumer} reads refined tokens, but the encoder's last layer updates the latents only "
                              "(one-sided); build it with last_layer='both' (update_tokens_last=True) for dense prediction")
-
-    def rebuild_last_layer(self, updates: str) -> None:
-        """Rebuild the last layer as one of kind ``updates`` ("both" | "latents" | "tokens"), keeping
-        the weights both kinds have: e.g. "tokens" for a dense model whose last latents nothing reads,
-        once the layers after its last token map are pruned. Draws no random numbers."""
-        if self.token_dims:
-            raise ValueError("rebuild_last_layer serves dense single-stream models; this encoder reads several "
-                             f"streams {self.streams}: build it with the last_layer= it needs")
-        index = len(self.blocks) - 1
-        old = self.blocks[index]
-        with torch.random.fork_rng(devices=[]):
-            new = BiXTLayer(**self._layer_kwargs[index], updates=updates)
-        weights = old.state_dict()
-        lacking = [k for k in new.state_dict() if k not in weights]
-        if lacking:
-            raise ValueError(f"layer {index} of kind {old.updates!r} has no weights for a {updates!r} layer's {lacking}")
-        new.load_state_dict({k: weights[k] for k in new.state_dict()})
-        reference = next(old.parameters())
-        self.blocks[index] = new.to(device=reference.device, dtype=reference.dtype).train(old.training)
 
     def forward(self, tokens, token_mask: Optional[torch.Tensor] = None, return_attention: bool = False, *,
                 token_masks: Optional[Mapping[str, torch.Tensor]] = None):

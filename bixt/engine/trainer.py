@@ -13,11 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from bixt.data.task_data import TaskData
 from bixt.engine import checkpointing as ckpt_io
 from bixt import accel
+from bixt.flops import count_call_flops, describe_counts
 from bixt.engine.config import OptimConfig, TrainerConfig, optim_config, trainer_config
 from bixt.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup,
                                      gather_objects, init_distributed)
@@ -30,6 +31,7 @@ from bixt.engine.reproducibility import (ResumableSampler, SeededDataset, Sharde
                                          restore_rng_state, rng_guarded, seed_everything)
 from bixt.engine.run_dir import RunDirError, RunDirLock, base_dir, claim_eval_dir, refuse_overwrite
 from bixt.engine.task import TaskAdapter, check_adapter
+from bixt.rng import host_rngs_restored
 from bixt.runtime import tune_cpu_allocator
 
 log = logging.getLogger("bixt.engine")
@@ -382,6 +384,7 @@ class _Engine:
             log.warning("trainer.eval_only without trainer.checkpoint (or trainer.resume): evaluating the "
                         "model as built")
         self._write_config()
+        log.info("%s | %d val %s", self._model_header(val_loader.dataset), len(val_loader.dataset), self.sample_name)
         record: dict[str, Any] = {"mode": "eval"}
         if self.eval_weights is not None:
             record["checkpoint"] = str(self.eval_weights)
@@ -396,9 +399,8 @@ class _Engine:
         train_size = self.layout.train_size
         start_epoch, start_step, epoch_sums = self._start_position()
         self._write_config()  # only now: a refused resume leaves the run's config.yaml as it was
-        n_params = sum(p.numel() for p in self.raw_model.parameters())
-        log.info("%s parameters | %d train / %d val %s | global batch %d | lr %.3g | %d updates per epoch",
-                 f"{n_params:,}", train_size, len(val_loader.dataset), self.sample_name,
+        log.info("%s | %d train / %d val %s | global batch %d | lr %.3g | %d updates per epoch",
+                 self._model_header(val_loader.dataset), train_size, len(val_loader.dataset), self.sample_name,
                  self.layout.samples_per_update, self.layout.lr, self.layout.updates_per_epoch)
         warn_if_few_updates(self.tcfg, self.layout.updates_per_epoch, train_size, self.layout.samples_per_update)
 
@@ -420,6 +422,32 @@ class _Engine:
         if self.env.is_main:
             log.info(use_line(self.run_dir, self.cfg))
         return final
+
+    def _model_header(self, dataset: Dataset) -> str:
+        """The model's parameters and forward FLOPs per sample, counted on the first validation
+        sample (or why they were not: a header never stops a run)."""
+        if not self.env.is_main:
+            return ""  # only rank 0 logs
+        try:
+            flops, why = self._flops_per_sample(dataset), ""
+        except Exception as err:  # noqa: BLE001
+            flops, why = None, f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:160]}"
+        return describe_counts(self.raw_model, flops, why)
+
+    def _flops_per_sample(self, dataset: Dataset) -> float:
+        """One sample through the adapter's forward in eval mode, with the model's mode and every
+        random stream put back: counting changes neither the weights nor the run's results."""
+        if len(dataset) == 0:
+            raise ValueError("the validation set is empty")
+        model, was_training = self.raw_model, self.raw_model.training
+        devices = [self.device] if self.device.type == "cuda" else []
+        model.eval()
+        try:
+            with host_rngs_restored(), torch.random.fork_rng(devices=devices):
+                batch = self._to_device((self.collate_fn or default_collate)([dataset[0]]))
+                return count_call_flops(lambda: self.adapter.forward(model, batch)) / self.adapter.batch_size(batch)
+        finally:
+            model.train(was_training)
 
     def _setup_training(self, train_set: Optional[Dataset]) -> None:
         """Sampler, loader, layout, optimizer, schedule and grad scaler for ``train_set``."""

@@ -45,7 +45,13 @@ _IGNORED_OFFICIAL = ("latinit", "posenc_type_pat", "weight_init", "embed_layer",
 
 
 class BiXT(nn.Module):
-    """BiXT image classifier with timm's model interface."""
+    """BiXT image classifier with timm's model interface.
+
+    ``last_layer``: what the encoder's last layer updates, ``"latents"`` for a classifier (the
+    official layout: its tokens would be read by nothing), ``"tokens"`` for a dense backbone whose
+    last latents nothing reads, ``"both"``. ``fc_norm``: the norm of the pooled latents before the
+    classifier (False for a backbone without one).
+    """
 
     def __init__(
         self,
@@ -74,6 +80,7 @@ class BiXT(nn.Module):
         attn_impl: str = "auto",
         cross_attention: str = "bidirectional",
         last_layer: str = "latents",
+        fc_norm: bool = True,
         **official_kwargs,
     ) -> None:
         super().__init__()
@@ -111,7 +118,7 @@ class BiXT(nn.Module):
             drop_path_rate=drop_path_rate, token_drop_path_rate=token_drop_path_rate,
             init_values=init_values, last_layer=last_layer, attn_impl=attn_impl, cross_attention=cross_attention,
         )
-        self.fc_norm = LayerNorm(embed_dim)
+        self.fc_norm = LayerNorm(embed_dim) if fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         # timm's feature API: the token maps after each layer that refines the tokens (a one-sided

@@ -1,6 +1,6 @@
 """BiXT for semantic segmentation: a timm BiXT backbone's token maps + a dense decode head.
 
-images (B, 3, H, W) -> BiXT backbone (pruned after the last token map read) -> token maps at the
+images (B, 3, H, W) -> BiXT backbone (built up to the last token map read) -> token maps at the
 token stride -> LinearSegHead (last map) or SemanticFPNHead (four maps) -> logits, bilinearly
 upsampled to (B, num_classes, H, W).
 
@@ -33,7 +33,7 @@ _logger = logging.getLogger(__name__)
 
 HEADS = ("linear", "semfpn")
 # Set by the segmenter itself; a backbone_kwargs entry would silently fight it.
-_RESERVED_BACKBONE_KWARGS = ("num_classes", "dynamic_img_size", "drop_path_rate")
+_RESERVED_BACKBONE_KWARGS = ("num_classes", "dynamic_img_size", "drop_path_rate", "last_layer", "global_pool", "fc_norm")
 
 
 def default_feature_layers(head: str, num_token_layers: int) -> list[int]:
@@ -78,6 +78,20 @@ def check_divisible(images: torch.Tensor, stride: int) -> torch.Tensor:
     return images
 
 
+def trained_layout(backbone: str, backbone_kwargs: Mapping[str, Any]) -> tuple[int, int]:
+    """``(depth, token maps)`` of the image model ``backbone`` as trained (e.g. the d13 classifier:
+    13 layers, 12 token maps), read from a shape-only build (meta device: no memory, no random
+    numbers drawn); refused when it cannot give dense features."""
+    with torch.device("meta"):
+        model = timm.create_model(backbone, num_classes=0, **backbone_kwargs)
+    for attr in ("forward_intermediates", "feature_info", "encoder"):
+        if not hasattr(model, attr):
+            raise ValueError(f"backbone {backbone!r} has no {attr}: BiXTSegmenter needs a BiXT image model "
+                             "(timm's feature API)")
+    model.encoder.require_refined_tokens("BiXTSegmenter", in_last_layer=False)
+    return len(model.encoder.blocks), len(model.feature_info)
+
+
 @register_notrace_function  # calls the backbone's feature API, which checks the grid in Python
 def backbone_token_maps(backbone: nn.Module, images: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
     """The backbone's token maps after the layers ``indices`` (sorted, distinct), each (B, C, h, w)."""
@@ -94,7 +108,7 @@ class BiXTSegmenter(nn.Module):
         head: ``"linear"`` (the last token map) or ``"semfpn"`` (four token maps).
         feature_layers: the layers whose token maps the head reads (negative: from the last layer
             with token maps); default :func:`default_feature_layers`. Layers after the last one are
-            pruned away.
+            not built, and the last one built refines its tokens only.
         pretrained: a weight file for the backbone (see :func:`load_pretrained_backbone`).
         drop_path_rate: stochastic depth of the backbone.
         head_dropout: channel dropout before the classifier.
@@ -129,17 +143,11 @@ class BiXTSegmenter(nn.Module):
             raise ValueError(f"backbone_kwargs may not set {clash}: the segmenter sets them (use the segmenter's "
                              "drop_path_rate argument; num_classes is the decode head's)")
         self.backbone_name, self.head_name, self.num_classes = backbone, head, num_classes
-        self.backbone = timm.create_model(backbone, num_classes=0, dynamic_img_size=True,
-                                          drop_path_rate=drop_path_rate, **backbone_kwargs)
-        for attr in ("forward_intermediates", "prune_intermediate_layers", "feature_info"):
-            if not hasattr(self.backbone, attr):
-                raise ValueError(f"backbone {backbone!r} has no {attr}: BiXTSegmenter needs a BiXT image model "
-                                 "(timm's feature API)")
-        self.backbone.encoder.require_refined_tokens("BiXTSegmenter", in_last_layer=False)
-        info = self.backbone.feature_info
-        num_maps = len(info)
-        self.stride = int(info[-1]["reduction"])
-
+        # The layers follow the backbone as trained (e.g. d13: 12 token maps, a one-sided layer 12);
+        # the segmenter's backbone is built with only the layers up to the last map read, the last
+        # one refining its tokens only (nothing reads its latents: no work, and no parameter
+        # without a gradient, which DDP would refuse), and no classifier.
+        trained_depth, num_maps = trained_layout(backbone, backbone_kwargs)
         layers = list(feature_layers) if feature_layers is not None else default_feature_layers(head, num_maps)
         wanted = 1 if head == "linear" else 4
         if len(layers) != wanted:
@@ -152,11 +160,16 @@ class BiXTSegmenter(nn.Module):
         # The backbone returns each map once, in layer order; the head may read one map twice.
         self._take = sorted(set(self.feature_layers))
         self._order = [self._take.index(i) for i in self.feature_layers]
-        # No layer past the last map runs (for d13: the one-sided layer 12), no classifier remains,
-        # and the last layer updates its tokens only: nothing reads its latents (no work, and no
-        # parameter without a gradient, which DDP would refuse).
-        self.backbone.prune_intermediate_layers(self._take, prune_head=True)
-        self.backbone.encoder.rebuild_last_layer("tokens")
+        depth = self._take[-1] + 1
+        # stochastic depth per layer as in the backbone as trained (it grows linearly to the last layer)
+        scale = max(depth - 1, 1) / max(trained_depth - 1, 1)
+        if backbone_kwargs.get("token_drop_path_rate") is not None:
+            backbone_kwargs["token_drop_path_rate"] *= scale
+        backbone_kwargs.update(depth=depth, last_layer="tokens", num_classes=0, global_pool="", fc_norm=False)
+        self.backbone = timm.create_model(backbone, dynamic_img_size=True, drop_path_rate=drop_path_rate * scale,
+                                          **backbone_kwargs)
+        info = self.backbone.feature_info
+        self.stride = int(info[-1]["reduction"])
 
         dims = [int(info[i]["num_chs"]) for i in self.feature_layers]
         if head == "linear":

@@ -26,10 +26,12 @@ config group option (``experiment=listop``) or a renamed key in one line before 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequence
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue
@@ -206,8 +208,16 @@ def prepare(cfg: DictConfig, *, nodes: Optional[Mapping[str, Callable]] = None,
 
 def build_model(model_cfg: DictConfig, **runtime: Any) -> nn.Module:
     """The model the ``model`` node's ``_target_`` names, its sub-nodes instantiated recursively;
-    ``runtime`` adds what comes from the data (nested dicts reach sub-nodes: ``head={"num_classes": 10}``)."""
-    return instantiate(model_cfg, **runtime, _convert_="all")
+    ``runtime`` adds what comes from the data (nested dicts reach sub-nodes: ``head={"num_classes": 10}``).
+    A constructor's refusal of its arguments (a ``ValueError``, e.g. a dense head on an encoder whose
+    tokens are never refined) is one line naming the node, not Hydra's wrapped traceback."""
+    try:
+        return instantiate(model_cfg, **runtime, _convert_="all")
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        node = re.search(r"full_key: (\S+)", str(err))
+        raise ConfigValueError(f"{node.group(1) if node else 'model'}: {err.__cause__}") from None
 
 
 # ----------------------------------------------------------------------------- fine-tuning
