@@ -143,7 +143,8 @@ def test_the_installed_copy_is_imported(target, started):
     out = started["import"][1].result().stdout
     path, composed = out.split("\n", 1)
     assert Path(path).resolve().is_relative_to(target.resolve()), out
-    assert OmegaConf.create(composed).model.model_name == "bixt_ti_l64_p16", out
+    model = OmegaConf.create(composed).model  # the installed package's default model node
+    assert model._target_ == "bixt.models.factory.image_classifier" and model.encoder.dim == 64, out
 
 
 @pytest.mark.parametrize("task", list(TASKS))

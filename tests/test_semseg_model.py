@@ -390,3 +390,19 @@ def test_bench_semseg_smoke(capsys, monkeypatch):
     assert report["table"] in printed and printed.startswith("# bixt semseg dense forward: ")
     row = json.loads(printed.strip().splitlines()[-1])
     assert row["results"][bench_semseg.CONFIGS[1].key]["peak_mb_per_image"] >= 0
+
+
+def test_a_seed_gives_the_segmenter_the_first_layers_of_the_backbone_as_trained():
+    """The initial weights are drawn as the full backbone draws them (so a seed gives the same model,
+    and the same random stream afterwards, as before the layers were chosen at construction)."""
+    kwargs = dict(embed_dim=32, depth=5, num_heads=2, num_latents=8)
+    torch.manual_seed(0)
+    full = timm.create_model("bixt_ti_l64_p16", num_classes=0, dynamic_img_size=True, drop_path_rate=0.1, **kwargs)
+    torch.manual_seed(0)
+    model = BiXTSegmenter(backbone="bixt_ti_l64_p16", num_classes=3, head="semfpn", feature_layers=[0, 1, 1, 2],
+                          drop_path_rate=0.1, backbone_kwargs=kwargs)
+    reference = full.state_dict()
+    backbone = model.backbone.state_dict()
+    assert len(model.backbone.encoder.blocks) == 3 and len(backbone) < len(reference)
+    for key, value in backbone.items():
+        assert torch.equal(value, reference[key]), key

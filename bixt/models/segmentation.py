@@ -78,18 +78,17 @@ def check_divisible(images: torch.Tensor, stride: int) -> torch.Tensor:
     return images
 
 
-def trained_layout(backbone: str, backbone_kwargs: Mapping[str, Any]) -> tuple[int, int]:
-    """``(depth, token maps)`` of the image model ``backbone`` as trained (e.g. the d13 classifier:
-    13 layers, 12 token maps), read from a shape-only build (meta device: no memory, no random
-    numbers drawn); refused when it cannot give dense features."""
-    with torch.device("meta"):
-        model = timm.create_model(backbone, num_classes=0, **backbone_kwargs)
+def trained_backbone(backbone: str, backbone_kwargs: Mapping[str, Any], drop_path_rate: float) -> nn.Module:
+    """The image model ``backbone`` as trained (e.g. the d13 classifier: 13 layers, 12 token maps),
+    without classifier; refused when it cannot give dense features."""
+    model = timm.create_model(backbone, num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate,
+                              **backbone_kwargs)
     for attr in ("forward_intermediates", "feature_info", "encoder"):
         if not hasattr(model, attr):
             raise ValueError(f"backbone {backbone!r} has no {attr}: BiXTSegmenter needs a BiXT image model "
                              "(timm's feature API)")
     model.encoder.require_refined_tokens("BiXTSegmenter", in_last_layer=False)
-    return len(model.encoder.blocks), len(model.feature_info)
+    return model
 
 
 @register_notrace_function  # calls the backbone's feature API, which checks the grid in Python
@@ -147,7 +146,10 @@ class BiXTSegmenter(nn.Module):
         # the segmenter's backbone is built with only the layers up to the last map read, the last
         # one refining its tokens only (nothing reads its latents: no work, and no parameter
         # without a gradient, which DDP would refuse), and no classifier.
-        trained_depth, num_maps = trained_layout(backbone, backbone_kwargs)
+        # Built once as trained: its layout, and the initial weights drawn as that model draws them, so
+        # a seed gives the segmenter the first layers of that model (the same weights on every version).
+        trained = trained_backbone(backbone, backbone_kwargs, drop_path_rate)
+        trained_depth, num_maps = len(trained.encoder.blocks), len(trained.feature_info)
         layers = list(feature_layers) if feature_layers is not None else default_feature_layers(head, num_maps)
         wanted = 1 if head == "linear" else 4
         if len(layers) != wanted:
@@ -166,8 +168,12 @@ class BiXTSegmenter(nn.Module):
         if backbone_kwargs.get("token_drop_path_rate") is not None:
             backbone_kwargs["token_drop_path_rate"] *= scale
         backbone_kwargs.update(depth=depth, last_layer="tokens", num_classes=0, global_pool="", fc_norm=False)
-        self.backbone = timm.create_model(backbone, dynamic_img_size=True, drop_path_rate=drop_path_rate * scale,
-                                          **backbone_kwargs)
+        with torch.random.fork_rng(devices=[]):  # its weights come from the trained layout's draw
+            self.backbone = timm.create_model(backbone, dynamic_img_size=True, drop_path_rate=drop_path_rate * scale,
+                                              **backbone_kwargs)
+        initial = trained.state_dict()
+        self.backbone.load_state_dict({k: initial[k] for k in self.backbone.state_dict()})
+        del trained, initial
         info = self.backbone.feature_info
         self.stride = int(info[-1]["reduction"])
 
