@@ -117,7 +117,7 @@ def test_eval_only_whole_and_slide_on_the_checkpoint(ade, linear_run, monkeypatc
         train(_compose(common + ["data.num_classes=5"]))
 
 
-def test_semfpn_head_trains_from_a_pretrained_backbone(ade, linear_run, tmp_path, caplog):
+def test_semfpn_head_runs_from_a_pretrained_backbone(ade, linear_run, tmp_path, caplog):
     pretrained = linear_run[0] / "last.pth"  # a segmenter checkpoint: its backbone.* tensors are taken
     with caplog.at_level("INFO"):
         metrics = train(_compose(TINY_MODEL + TINY_ADE + [f"data.root={ade}", "model.head=semfpn", "trainer.epochs=1",

@@ -149,7 +149,7 @@ def run_task(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.e2e
-def test_task_trains_and_evaluates_on_a_clevr_folder_it_leaves_untouched(tmp_path):
+def test_task_runs_and_evaluates_on_a_clevr_folder_it_leaves_untouched(tmp_path):
     root = write_clevr(tmp_path / "CLEVR_v1.0")
     before = snapshot(root)
     proc = run_task(tmp_path, "data=clevr", f"data.root={root}", "data.img_size=[24,36]")

@@ -222,7 +222,7 @@ def test_eval_only_of_an_official_training_checkpoint(tmp_path):
 
 
 @pytest.mark.e2e
-def test_folder_data_trains_and_bad_images_are_named(tmp_path):
+def test_folder_data_runs_and_bad_images_are_named(tmp_path):
     root = make_image_folder(tmp_path / "imagenet")
     bad = root / "train" / "cat" / "zz_truncated.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")

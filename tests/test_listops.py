@@ -200,7 +200,7 @@ def run_task(tmp_path: Path, *overrides: str, check: bool = True) -> tuple[subpr
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["bixt_tiny", "transformer_tiny"])
-def test_task_trains_and_evaluates_on_lra_tsv_files(tmp_path, model):
+def test_task_runs_and_evaluates_on_lra_tsv_files(tmp_path, model):
     root = write_folder(tmp_path / "lo")
     _, metrics = run_task(tmp_path, f"model={model}", "data=listops", f"data.root={root}")
     assert 0.0 <= metrics["val/top1"] <= 100.0 and "val/mean_class_acc" in metrics

@@ -183,7 +183,7 @@ def run_task(tmp_path: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.e2e
-def test_task_trains_and_evaluates_on_lra_tsv_files(tmp_path):
+def test_task_runs_and_evaluates_on_lra_tsv_files(tmp_path):
     root = write_aan_folder(tmp_path / "aan", LRA_ROWS, copies=3)
     before = _snapshot(root)
     metrics = run_task(tmp_path, "data=aan", f"data.root={root}", "data.max_len=64")

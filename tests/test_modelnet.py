@@ -181,7 +181,7 @@ def _run_module(args: list[str], cwd: Path):
 
 
 @pytest.mark.e2e
-def test_modelnet_layout_trains_and_evaluates(tmp_path):
+def test_modelnet_layout_runs_and_evaluates(tmp_path):
     folder = write_modelnet_folder(tmp_path / "data")
     run_dir = tmp_path / "run"
     common = ["data=modelnet40", f"data.root={folder}", f"data.cache_dir={tmp_path / 'cache'}", "data.num_points=32",

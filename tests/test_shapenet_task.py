@@ -92,7 +92,7 @@ def test_eval_only_of_a_run_evaluates_its_checkpoint_and_leaves_it_alone(tmp_pat
 
 
 @pytest.mark.e2e
-def test_shapenetpart_layout_trains_and_evaluates(tmp_path):
+def test_shapenetpart_layout_runs_and_evaluates(tmp_path):
     """`data=shapenetpart data.root=DIR` on a tiny ShapeNetPart-layout folder: train, val, test, tables."""
     write_shapenet_folder(tmp_path / "data", per_split=(16, 8, 8))
     result = _run_module(
