@@ -145,7 +145,7 @@ def test_dual_encoder_shares_one_encoder_and_handles_empty_documents(make_encode
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dual_encoder_trains_end_to_end():
+def test_dual_encoder_gets_gradients_end_to_end():
     torch.manual_seed(0)
     model = DualEncoderRetriever(_tiny_bixt(), RetrievalHead(32, hidden_dims=(16,)))
     tok = ByteTokenizer(max_len=64)

@@ -31,7 +31,7 @@ def compose_task(task: str, overrides: list[str]):
 
 
 @pytest.mark.parametrize("task", ["imagenet", "modelnet40_cls"])
-def test_each_variant_trains_by_a_plain_override(task, tmp_path, monkeypatch, caplog):
+def test_each_variant_runs_its_updates_by_a_plain_override(task, tmp_path, monkeypatch, caplog):
     built = []
 
     def spy(model_cfg, **runtime):
