@@ -3,6 +3,7 @@ run directories under runs/<task>/, misspelt group options refused (issues 23 an
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,11 @@ def test_retrieval_evaluator_accumulates_on_the_device():
     assert metrics["accuracy"] == pytest.approx(3 / 4)
     expected = torch.nn.functional.cross_entropy(torch.cat([logits, logits[:1]]), torch.tensor([0, 1, 1, 0]))
     assert metrics["loss"] == pytest.approx(float(expected))
+
+
+def test_a_value_the_engine_schema_cannot_take_is_one_line_before_hydra():
+    for override, expected in (("optim.lr=fast", "optim.lr='fast' is not valid: expected a value of type float"),
+                               ("trainer.epochs=many", "trainer.epochs='many' is not valid: expected a value of type int")):
+        with pytest.raises(ConfigValueError, match=re.escape(expected)):
+            kit.check_overrides("imagenet", [override])
+    kit.check_overrides("imagenet", ["optim.lr=1e-3", "trainer.epochs=3", "trainer.compile=false", "trainer.foo=1"])

@@ -34,14 +34,16 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Sequenc
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue
+from omegaconf.errors import (InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue,
+                              ValidationError)
 from torch import nn
 
 from bixt.constraints import ConfigValueError, Range, check_keys, check_node
 from bixt.data.builder import build_data
 from bixt.data.errors import data_errors_exit
 from bixt.data.task_data import TaskData
-from bixt.engine import StartCheckpoint, optim_config, seed_everything, start_checkpoint, trainer_config
+from bixt.engine import (OptimConfig, StartCheckpoint, TrainerConfig, optim_config, seed_everything, start_checkpoint,
+                         trainer_config)
 from bixt.engine import run as engine_run
 from bixt.weights import LoadReport, load_weights, read_checkpoint
 
@@ -89,11 +91,26 @@ def check_overrides(task: str, overrides: Sequence[str]) -> None:
             continue
         key, value = arg.lstrip("+~").split("=", 1)
         refuse_renamed(key)
+        check_typed_override(key, value)
         if key in GROUPS and value not in ("null", ""):
             choices = sorted(p.stem for p in (CONFIGS / task / key).glob("*.yaml"))
             if value not in choices:
                 raise ConfigValueError(f"{key}={value} is not an option of {task}; valid {key} options: "
                                        + ", ".join(choices))
+
+
+def check_typed_override(key: str, value: str) -> None:
+    """A value of the engine's typed nodes (``trainer.*``, ``optim.*``) that its field cannot take:
+    one line naming the key and the type, before Hydra's multi-line merge error."""
+    node, _, field = key.partition(".")
+    schema = {"trainer": TrainerConfig, "optim": OptimConfig}.get(node)
+    if schema is None or not field or "." in field or field not in schema.__dataclass_fields__:
+        return  # unknown keys are named with the valid ones once the config is composed
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist([f"{field}={value}"]))
+    except ValidationError:
+        kind = schema.__dataclass_fields__[field].type
+        raise ConfigValueError(f"{key}={value!r} is not valid: expected a value of type {kind}") from None
 
 
 def refuse_renamed(key: str) -> None:
