@@ -293,8 +293,8 @@ def _with_progress(files: list[Path]) -> Iterator[Path]:
 
 
 def open_image(path: Path) -> Image.Image:
-    from bixt.data.image_files import _open_rgb
-    return _open_rgb(str(path))
+    from bixt.data.image_files import open_rgb
+    return open_rgb(str(path))
 
 
 def image_transform(loaded: Loaded, native: bool = False):

@@ -34,7 +34,7 @@ from torch import nn
 
 __all__ = ["read_checkpoint", "read_state_dict", "unwrap_state_dict", "strip_wrapper_prefixes", "torch_load",
            "load_weights", "fit_layer_kinds", "LoadReport", "MapsForeignCheckpoints", "DropRule", "drop_prefixes",
-           "describe_checkpoint", "describe_mismatch", "architecture", "save_safetensors"]
+           "describe_checkpoint", "architecture", "save_safetensors"]
 
 StateDict = dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
@@ -201,13 +201,6 @@ def _differences(state: Mapping[str, torch.Tensor], model_state: Mapping[str, to
 
 def _listed(title: str, items: list[str], limit: int = 12) -> str:
     return f"{title}: " + ", ".join(items[:limit]) + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
-
-def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Human-readable list of missing / unexpected / wrongly shaped keys ('' when it fits)."""
-    expected = model.state_dict()
-    return _mismatch(expected, state_dict, [k for k in expected if k not in state_dict],
-                     [k for k in state_dict if k not in expected])
 
 
 def _mismatch(expected, state, missing, unexpected) -> str:

@@ -80,7 +80,7 @@ class _BadImagePolicy:
         raise NotImplementedError
 
     def _load(self, index: int) -> Image.Image:
-        return _open_rgb(self._source(index))
+        return open_rgb(self._source(index))
 
     def _load_with_policy(self, index: int) -> tuple[Image.Image, int]:
         """Image and the index it came from (a later one when skipping)."""
@@ -134,7 +134,7 @@ class _BadImagePolicy:
         log.warning("%s: %d unreadable image(s) skipped, %d left", what, len(problems), len(self))
 
 
-def _open_rgb(source: Any) -> Image.Image:
+def open_rgb(source: Any) -> Image.Image:
     with Image.open(source) as img:
         # upright as every viewer shows it (a phone's JPEG stores its rotation in the EXIF
         # Orientation tag); decoding here makes truncated files fail here

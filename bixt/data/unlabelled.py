@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from bixt.constraints import Range
 from bixt.data.aan import make_lexicons
 from bixt.data.errors import DataError
-from bixt.data.image_files import _open_rgb, find_images
+from bixt.data.image_files import open_rgb, find_images
 from bixt.data.images import image_transforms
 from bixt.data.task_data import TaskData
 from bixt.tokenizers.text import PAD_ID
@@ -44,7 +44,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int):
-        return self.transform(_open_rgb(self.files[index])), 0
+        return self.transform(open_rgb(self.files[index])), 0
 
 
 def image_folder_data(*, root: Optional[str], img_size: Annotated[int, Range(min=1)],
