@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common import isa_label, machine_info
+
 from bixt.core import CROSS_ATTENTIONS, BiXTEncoder
 from bixt.flops import count_flops, count_parameters
 
@@ -72,10 +74,8 @@ PRESETS = {
 
 # ------------------------------------------------------------------------------------------ data
 def image_data(p: Preset):
-    try:  # the generator may move to bixt.data.shapes; the benchmark follows it
-        from bixt.data.shapes import ShapesDataset
-    except ImportError:
-        from bixt.data.images import ShapesDataset
+    from bixt.data.shapes import ShapesDataset
+
     train = ShapesDataset(num_samples=p.image_train, img_size=32, seed=0, num_classes=10, train=True)
     test = ShapesDataset(num_samples=p.image_test, img_size=32, seed=1, num_classes=10)
     return train, test, 10
@@ -213,6 +213,22 @@ def train_step_memory_mb(model: nn.Module, batch: torch.Tensor, labels: torch.Te
     return (activations + 4 * sum(params.values())) / 2**20  # weights, gradients, two AdamW moments
 
 
+def measure(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, *, smoke: bool) -> dict:
+    return dict(samples_per_s=throughput(model, batch, repeats=3 if smoke else 10),
+                train_mem_mb=train_step_memory_mb(model, batch, labels))
+
+
+def load_stored(path: Path, preset: Preset) -> dict:
+    """The results an earlier run of the same preset stored, for ``--speed-only``."""
+    if not path.is_file():
+        raise SystemExit(f"--speed-only needs {path} from an earlier run of this preset: run it without --speed-only first")
+    stored = json.loads(path.read_text())
+    if stored.get("preset") != json.loads(json.dumps(asdict(preset))):
+        raise SystemExit(f"{path} was written by another preset ({stored.get('preset')}): run this preset "
+                         "without --speed-only first")
+    return stored
+
+
 # ---------------------------------------------------------------------------------------- report
 def summarise(runs: list[dict]) -> list[dict]:
     rows = []
@@ -285,6 +301,9 @@ def main() -> None:
                         help="FLOP matching tolerance (relative; default 0.03, --smoke's tiny models 0.1)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output stem (.json/.md/.png); default benchmarks/results/ablation[_quick|_smoke]")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="keep the accuracies of the preset's stored results and measure throughput and "
+                             "memory again (for a quiet machine: training under load does not change accuracy)")
     args = parser.parse_args()
     args.flag = " --quick" if args.quick else " --smoke" if args.smoke else ""
     preset_name = "quick" if args.quick else "smoke" if args.smoke else "full"
@@ -296,6 +315,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     started = time.perf_counter()
+    stored = load_stored(args.out.with_suffix(".json"), preset)["runs"] if args.speed_only else None
     runs = []
     for task in TASKS:
         train_set, test_set, num_classes = task.data(preset)
@@ -311,6 +331,15 @@ def main() -> None:
                   f"{flops / 1e6:.2f} MFLOPs/sample ({flops / target - 1:+.1%} of bidirectional)", flush=True)
             batch = torch.stack([train_set[i][0] for i in range(min(64, len(train_set)))]).to(device)
             labels = torch.tensor([int(train_set[i][1]) for i in range(batch.shape[0])], device=device)
+            if stored is not None:
+                torch.manual_seed(preset.seeds[0])
+                model = build(variant=variant, **arch)
+                speed = measure(model, batch, labels, smoke=args.smoke)
+                mine = [r for r in stored if r["task"] == task.name and r["variant"] == variant]
+                runs += [{**r, **speed} for r in mine]
+                print(f"    {speed['samples_per_s']:.0f} samples/s, {speed['train_mem_mb']:.1f} MB "
+                      f"(top-1 of {len(mine)} stored runs kept)", flush=True)
+                continue
             for seed in preset.seeds:
                 torch.manual_seed(seed)
                 model = build(variant=variant, **arch)
@@ -318,20 +347,23 @@ def main() -> None:
                 run = dict(task=task.name, variant=variant, seed=seed, flops=flops, params=count_parameters(model),
                            top1=top1, **arch)
                 if seed == preset.seeds[0]:
-                    run.update(samples_per_s=throughput(model, batch, repeats=3 if args.smoke else 10),
-                               train_mem_mb=train_step_memory_mb(model, batch, labels))
+                    run.update(measure(model, batch, labels, smoke=args.smoke))
                 else:
                     run.update(samples_per_s=runs[-1]["samples_per_s"], train_mem_mb=runs[-1]["train_mem_mb"])
                 runs.append(run)
                 print(f"    seed {seed}: top-1 {top1:.1f} %  ({time.perf_counter() - started:.0f} s so far)", flush=True)
     rows = summarise(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"CPU {isa_label(machine_info())}")
     table = markdown(rows, args, device_name)
     args.out.with_suffix(".md").write_text(table)
+    seconds = time.perf_counter() - started
+    timing = (dict(seconds=load_stored(args.out.with_suffix(".json"), preset)["seconds"], speed_only_seconds=seconds)
+              if args.speed_only else dict(seconds=seconds))
     args.out.with_suffix(".json").write_text(json.dumps(
         dict(command=f"python benchmarks/ablation.py{args.flag}", preset=asdict(preset), device=device_name,
-             threads=args.threads, tolerance=args.tolerance, seconds=time.perf_counter() - started, rows=rows,
+             machine=machine_info(), threads=args.threads, tolerance=args.tolerance, **timing, rows=rows,
              runs=runs, paper_top1=PAPER_TOP1), indent=1))
     plot(rows, args.out.with_suffix(".png"))
     print(table)
