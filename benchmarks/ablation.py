@@ -147,7 +147,10 @@ def match_flops(build: Callable[..., nn.Module], example: torch.Tensor, p: Prese
 
 
 # -------------------------------------------------------------------------------------- training
-def train_and_test(model: nn.Module, train_set, test_set, *, epochs: int, seed: int, device: torch.device) -> float:
+def train_and_test(model: nn.Module, train_set, test_set, *, epochs: int, seed: int,
+                   device: torch.device) -> tuple[float, float]:
+    """Top-1 % on ``test_set`` after training, and the mean training loss of the last epoch (``nan`` when the
+    run diverged: the table counts those runs, since stability is part of what the variants differ in)."""
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=generator, drop_last=True)
     steps = epochs * len(loader)
@@ -157,10 +160,12 @@ def train_and_test(model: nn.Module, train_set, test_set, *, epochs: int, seed: 
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     model.to(device).train()
     for _ in range(epochs):
+        losses = []
         for inputs, labels in loader:
             loss = nn.functional.cross_entropy(model(inputs.to(device)), labels.to(device), label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            losses.append(loss.detach())
             optimizer.step()
             schedule.step()
     model.eval()
@@ -168,7 +173,7 @@ def train_and_test(model: nn.Module, train_set, test_set, *, epochs: int, seed: 
     with torch.no_grad():
         for inputs, labels in DataLoader(test_set, batch_size=128):
             correct += int((model(inputs.to(device)).argmax(-1).cpu() == labels).sum())
-    return 100.0 * correct / len(test_set)
+    return 100.0 * correct / len(test_set), float(torch.stack(losses).mean())
 
 
 def throughput(model: nn.Module, batch: torch.Tensor, repeats: int) -> float:
@@ -242,7 +247,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             rows.append(dict(task=task, variant=variant, depth=first["depth"], num_latents=first["num_latents"],
                              gflops=first["flops"] / 1e9, params_m=first["params"] / 1e6,
                              top1_mean=statistics.mean(acc), top1_std=statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                             seeds=len(acc), samples_per_s=first["samples_per_s"], train_mem_mb=first["train_mem_mb"]))
+                             seeds=len(acc), diverged=sum(not math.isfinite(r.get("last_epoch_loss", 0.0)) for r in mine),
+                             samples_per_s=first["samples_per_s"], train_mem_mb=first["train_mem_mb"]))
     return rows
 
 
@@ -253,7 +259,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, device: str) -> str:
              "train-step memory (MB) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['variant']} | {r['depth']} | {r['num_latents']} | {r['gflops'] * 1e3:.2f} | "
-                     f"{r['params_m']:.3f} | {r['top1_mean']:.1f} ± {r['top1_std']:.1f} ({r['seeds']}) | "
+                     f"{r['params_m']:.3f} | {r['top1_mean']:.1f} ± {r['top1_std']:.1f} ({r['seeds']}"
+                     f"{', %d diverged' % r['diverged'] if r.get('diverged') else ''}) | "
                      f"{r['samples_per_s']:.0f} | {r['train_mem_mb']:.1f} |")
     lines += ["", "Paper (Table 1, ImageNet, 120 epochs): " +
               ", ".join(f"{v} {PAPER_TOP1[v]:.1f} %" for v in ("iterative", "sequential", "bidirectional")) + "."]
@@ -343,15 +350,16 @@ def main() -> None:
             for seed in preset.seeds:
                 torch.manual_seed(seed)
                 model = build(variant=variant, **arch)
-                top1 = train_and_test(model, train_set, test_set, epochs=task.epochs(preset), seed=seed, device=device)
+                top1, last_loss = train_and_test(model, train_set, test_set, epochs=task.epochs(preset), seed=seed,
+                                                 device=device)
                 run = dict(task=task.name, variant=variant, seed=seed, flops=flops, params=count_parameters(model),
-                           top1=top1, **arch)
+                           top1=top1, last_epoch_loss=last_loss, **arch)
                 if seed == preset.seeds[0]:
                     run.update(measure(model, batch, labels, smoke=args.smoke))
                 else:
                     run.update(samples_per_s=runs[-1]["samples_per_s"], train_mem_mb=runs[-1]["train_mem_mb"])
                 runs.append(run)
-                print(f"    seed {seed}: top-1 {top1:.1f} %  ({time.perf_counter() - started:.0f} s so far)", flush=True)
+                print(f"    seed {seed}: top-1 {top1:.1f} %, last-epoch loss {last_loss:.3f}  ({time.perf_counter() - started:.0f} s so far)", flush=True)
     rows = summarise(runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
