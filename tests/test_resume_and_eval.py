@@ -321,9 +321,11 @@ def test_eval_only_in_a_run_directory_without_resume_evaluates_its_last_checkpoi
     before, trained = snapshot(tmp_path), records(tmp_path)[-1]
     monkeypatch.setattr(run_dir_mod, "_stamp", lambda: "same-second")
     with caplog.at_level(logging.INFO, logger="bixt.engine"):
-        metrics = [run(make_cfg(tmp_path, eval_only=True), tiny_model(), adapter(), TaskData(None, fixed)) for _ in range(2)]
+        cfg = make_cfg(tmp_path, eval_only=True)
+        metrics = [run(cfg, tiny_model(), adapter(), TaskData(None, fixed)),  # the engine resolves the start
+                   run(cfg, tiny_model(), adapter(), TaskData(None, fixed), start=start_checkpoint(cfg))]  # the kit's way
     assert metrics[0]["val/top1"] == metrics[1]["val/top1"] == trained["val/top1"]  # not random weights
-    assert "evaluating its last.pth" in caplog.text and "model as built" not in caplog.text
+    assert caplog.text.count("evaluating its last.pth") == 2 and "model as built" not in caplog.text  # once per run
     assert snapshot(tmp_path) == before
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["same-second", "same-second-2"]
 

@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bixt.engine.config import TrainerConfig, trainer_config
-from bixt.engine.run_dir import BEST, LAST, run_checkpoint_to_evaluate
+from bixt.engine.run_dir import BEST, LAST, announce_run_checkpoint, run_checkpoint_to_evaluate
 from bixt.weights import WRAPPER_KEYS, LoadReport, load_weights, read_checkpoint, torch_load
 
 log = logging.getLogger(__name__)
@@ -315,4 +315,6 @@ def start_checkpoint(cfg: Union[DictConfig, TrainerConfig]) -> Optional[StartChe
     :func:`bixt.engine.run` as ``start=``, which then reads nothing again."""
     tcfg = cfg if isinstance(cfg, TrainerConfig) else trainer_config(cfg)
     path, kind = resolve_start(tcfg)
+    if kind == EVAL and tcfg.run_dir and not tcfg.checkpoint and path == Path(tcfg.run_dir) / LAST:
+        announce_run_checkpoint(Path(tcfg.run_dir))
     return read_start(path, kind) if path is not None else None

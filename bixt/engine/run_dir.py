@@ -112,9 +112,13 @@ def run_checkpoint_to_evaluate(directory: Path) -> Optional[Path]:
     if not last.is_file():
         raise RunDirError(f"trainer.eval_only in {directory}, which holds a run ({', '.join(taken)}) but no {LAST} "
                           "to evaluate: name the weights with trainer.checkpoint=PATH")
+    return last
+
+
+def announce_run_checkpoint(directory: Path) -> None:
+    """Say, once per run, that ``eval_only`` evaluates the run in ``directory`` (resolving the start is repeated)."""
     log.info("trainer.eval_only without trainer.checkpoint or trainer.resume in %s, which holds a run: evaluating "
              "its %s (as resume=true does; trainer.checkpoint=PATH evaluates other weights)", directory, LAST)
-    return last
 
 
 def _unwritable(directory: Path, err: OSError, eval_only: bool) -> RunDirError:

@@ -58,9 +58,9 @@ def run(cfg: DictConfig, model: nn.Module, adapter: TaskAdapter, data: TaskData,
 
 def _checked_start(tcfg: TrainerConfig, start: Optional[ckpt_io.StartCheckpoint]) -> Optional[ckpt_io.StartCheckpoint]:
     """The start checkpoint of this config: ``start`` when it is the one the config names, else read now."""
-    path, kind = ckpt_io.resolve_start(tcfg)
     if start is None:
-        return ckpt_io.read_start(path, kind) if path is not None else None
+        return ckpt_io.start_checkpoint(tcfg)
+    path, kind = ckpt_io.resolve_start(tcfg)
     if path is None or kind != start.kind or Path(start.path).resolve() != path.resolve():
         named = f"{kind} {path}" if path is not None else "no start checkpoint"
         raise ValueError(f"run(start=...) holds the {start.kind} checkpoint {start.path}, but cfg.trainer names "
