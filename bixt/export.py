@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from bixt.predict import PredictError, load_model
+from bixt.trained import PredictError, load_model
 
 log = logging.getLogger("bixt.export")
 

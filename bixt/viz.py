@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bixt.predict import (Loaded, PredictError, gather_inputs, image_transform, listops_ids, load_model, open_image,
-                          palette, part_category, partseg_info, point_inputs, read_points, render_points,
-                          segmentation_input)
+from bixt.predict import (gather_inputs, image_transform, listops_ids, open_image, palette, part_category,
+                          point_inputs, read_points, render_points, segmentation_input)
+from bixt.trained import Loaded, PredictError, load_model, partseg_info
 
 log = logging.getLogger("bixt.viz")
 

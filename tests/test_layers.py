@@ -18,8 +18,9 @@ LAYERS = [
     {"data"},
     {"engine"},
     {"tasks"},
-    {"predict"},  # loads any run, timm folder or registered name (rebuilt through the task kit)
-    {"viz", "export"},  # read models through predict's loading
+    {"trained"},  # loads any run, timm folder or registered name (rebuilt through the task kit)
+    {"predict"},  # feeds files to a loaded model
+    {"viz", "export"},  # read models through trained, inputs through predict
     {"bixt"},  # the package itself (bixt/__init__.py re-exports)
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
