@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from bixt.tokenizers.point import PointTokens, gather, knn
+from bixt.tokenizers.point import gather, knn
 
 __all__ = ["interpolate_to_points", "PartSegmentationHead"]
 
