@@ -4,6 +4,8 @@
     python benchmarks/perf.py --quick          # fewer repeats, no torch.compile (< 3 min)
     python benchmarks/perf.py --only models    # BiXT-Ti vs ViT-Ti images/s (fp32/bf16, eager/compiled)
     python benchmarks/perf.py --only models,matmul --no-compile --repeats 5
+    python benchmarks/perf.py --compare        # today's run next to the stored one of this CPU kind
+    python benchmarks/perf.py --kinds-table    # the README's table: one row per CPU kind stored
 
 Measures, in a single run where every configuration is timed once per round and reported as the
 median over rounds (so background load hits all configurations alike):
@@ -17,7 +19,8 @@ median over rounds (so background load hits all configurations alike):
             196 / 784 / 3136 / 12544 tokens (224 px at stride 16/8/4, 448 px at stride 4);
 - accuracy: bf16-autocast vs fp32 features of the golden reduced model (tests/data).
 
-Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out`` and prints markdown
+Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out``/perf/<CPU kind>/ (``avx2``,
+``avx512``, ``avx512-bf16``, ``amx``: one stored run per kind, see perf_kinds.py) and prints markdown
 tables plus a PASS/FAIL summary against the CPU performance targets (``TARGETS``: matmul share of the
 time, bf16 over fp32, BiXT over ViT at 3136 and 12544 tokens, memory growth, speed over the published
 implementation's ops). See benchmarks/README.md.
@@ -43,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.accel import cpu_kernel_available, optimize  # noqa: E402
 from bixt.flops import count_call_flops  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
+from perf_kinds import compare_table, cpu_kind, kind_dir, kinds_table, load_stored  # noqa: E402
 from published_ops import published_ops  # noqa: E402
 from common import (  # noqa: E402
     MemorySpec, build_model, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
@@ -668,6 +672,7 @@ def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     where = f"{meta['machine']['cpu_model']} [{isa_label(meta['machine'])}]"
     parts.append(f"# bixt perf ({meta['mode']}): {meta['machine']['cpu_model']} [{isa_label(meta['machine'])}], "
+                 f"CPU kind {meta.get('cpu_kind') or cpu_kind(meta['machine'])}, "
                  f"{meta['machine']['threads']} threads, "
                  f"torch {meta['machine']['torch']}, load average at start {meta['machine']['load_average']}, "
                  f"CPUs used by other processes during the run {meta['machine'].get('other_processes_cpus')}")
@@ -835,6 +840,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--default-allocator", action="store_true",
                    help="leave glibc malloc as it is (default: bixt.runtime.tune_cpu_allocator(), as the tasks do)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", action="store_true",
+                   help="print today's run next to the stored run of this CPU kind; the stored run is kept "
+                        "(today's goes to compare.json beside it)")
+    p.add_argument("--kinds-table", action="store_true",
+                   help="print the one-row-per-CPU-kind table of the stored runs under --out and exit")
     args = p.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
     bad = [s for s in sections if s not in SECTIONS]
@@ -846,6 +856,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.kinds_table:
+        print(kinds_table(args.out))
+        return {}
     plan = make_plan(args)
     set_threads(args.threads or plan.threads)
     allocator_tuned = False if args.default_allocator else tune_cpu_allocator()
@@ -884,11 +897,18 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results.update(bench.run())
     results["meta"]["machine"]["load_average_end"] = list(os.getloadavg())
     results["meta"]["machine"]["other_processes_cpus"] = other_load(snapshot, cpu_snapshot())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    plots = write_plots(results, args.out) if "scaling" in args.sections else []
+    kind = results["meta"]["cpu_kind"] = cpu_kind(results["meta"]["machine"])
+    out = kind_dir(args.out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = load_stored(args.out, kind) if args.compare else None
+    path = out / ("compare.json" if args.compare else "results.json")
+    path.write_text(json.dumps(results, indent=2, default=str))
+    plots = write_plots(results, out) if "scaling" in args.sections and not args.compare else []
     print(report(results))
-    print(f"\nwrote {args.out / 'results.json'}" + "".join(f", {p}" for p in plots))
+    if args.compare:
+        print(f"\n## Today vs the stored run of this CPU kind ({kind})\n" + (
+            compare_table(stored, results) if stored else f"no stored run for {kind} under {out}: run without --compare"))
+    print(f"\nwrote {path}" + "".join(f", {p}" for p in plots))
     return results
 
 
