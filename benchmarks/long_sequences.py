@@ -107,7 +107,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     elif args.quick:
         # Sized on work counts to take ~5-6 min on 2 quiet cores (the cap below is the guarantee):
         # one timed call per point and 10 s per call, so full attention drops out where it turns quadratic.
-        plan = Plan(lengths={"images": (1024, 4096, 16384), "points": (4096, 16384, 65536),
+        plan = Plan(lengths={"images": (1024, 4096, 16384), "points": (2048, 8192, 32768),
                              "bytes": (1024, 4096, 16384, 65536)},
                     max_call_s=10.0, repeats=1, total_budget_s=480.0, mode="quick")
     else:
@@ -196,20 +196,16 @@ def build(family: Family, length: int, tiny: bool) -> tuple[nn.Module, torch.Ten
 
 # --- the worker ---------------------------------------------------------------------------------------
 def _calls(model: nn.Module, sample: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    model.eval()
-    train_model = None
-    optimizer = None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def forward():
+        model.eval()
         with torch.no_grad():
             return model(sample)
 
     def train():
-        nonlocal train_model, optimizer
-        if train_model is None:
-            train_model = model.train()
-            optimizer = torch.optim.AdamW(train_model.parameters(), lr=1e-4)
-        loss = F.cross_entropy(train_model(sample), torch.zeros(1, dtype=torch.long))
+        model.train()
+        loss = F.cross_entropy(model(sample), torch.zeros(1, dtype=torch.long))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # at the end: the next call's baseline holds no gradients
@@ -269,13 +265,14 @@ def _worker(spec: dict[str, Any]) -> None:
             print(json.dumps({"mode": mode, **row}), flush=True)
             continue
         samples = []
-        if row["memory_call_s"] <= spec["max_call_s"]:
+        if row["memory_call_s"] <= spec["max_call_s"]:  # else its one call is the sample
             calls[mode]()
-            while len(samples) < spec["repeats"] and sum(samples) + (samples[-1] if samples else 0) <= spec["max_call_s"] * spec["repeats"]:
+            while len(samples) < spec["repeats"] and sum(samples) < spec["max_call_s"] * spec["repeats"]:
                 start = time.perf_counter()
                 calls[mode]()
                 samples.append(time.perf_counter() - start)
-        row.update(samples_s=samples or [row["memory_call_s"]], median_s=statistics.median(samples or [row["memory_call_s"]]))
+        samples = samples or [row["memory_call_s"]]
+        row.update(samples_s=samples, median_s=statistics.median(samples))
         print(json.dumps({"mode": mode, **row}), flush=True)
 
 

@@ -20,7 +20,8 @@ median over rounds (so background load hits all configurations alike):
 - accuracy: bf16-autocast vs fp32 features of the golden reduced model (tests/data).
 
 Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out``/perf/<CPU kind>/ (``avx2``,
-``avx512``, ``avx512-bf16``, ``amx``: one stored run per kind, see perf_kinds.py) and prints markdown
+``avx512``, ``avx512-bf16``, ``amx``: one stored run per kind, see perf_kinds.py; a partial or quick
+run writes ``latest.json`` and ``latest_*.png`` there instead) and prints markdown
 tables plus a PASS/FAIL summary against the CPU performance targets (``TARGETS``: matmul share of the
 time, bf16 over fp32, BiXT over ViT at 3136 and 12544 tokens, memory growth, speed over the published
 implementation's ops). See benchmarks/README.md.
@@ -772,7 +773,7 @@ def busy_warning(machine: dict[str, Any]) -> Optional[str]:
             "run: absolute numbers and ratios are unreliable; rerun when idle")
 
 
-def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+def write_plots(results: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
     """throughput.png and memory.png: images/s and peak MB per image against token count (log-log)."""
     import matplotlib
 
@@ -812,7 +813,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
         if note:
             fig.text(0.01, 0.01, textwrap.fill("not measured: " + note, 110), fontsize=6, va="bottom")
-        path = out / filename
+        path = out / (prefix + filename)
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
@@ -841,8 +842,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="leave glibc malloc as it is (default: bixt.runtime.tune_cpu_allocator(), as the tasks do)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true",
-                   help="print today's run next to the stored run of this CPU kind; the stored run is kept "
-                        "(today's goes to compare.json beside it)")
+                   help="also print today's run next to the stored run of this CPU kind (read before a "
+                        "complete run replaces it)")
     p.add_argument("--kinds-table", action="store_true",
                    help="print the one-row-per-CPU-kind table of the stored runs under --out and exit")
     args = p.parse_args(argv)
@@ -901,9 +902,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     out = kind_dir(args.out, kind)
     out.mkdir(parents=True, exist_ok=True)
     stored = load_stored(args.out, kind) if args.compare else None
-    path = out / ("compare.json" if args.compare else "results.json")
+    # Only a complete default run replaces the stored run of its kind (after --compare has read it);
+    # a partial or quick run goes beside it as latest.json (latest_*.png).
+    complete = plan.mode == "full" and set(args.sections) == set(SECTIONS)
+    path = out / ("results.json" if complete else "latest.json")
     path.write_text(json.dumps(results, indent=2, default=str))
-    plots = write_plots(results, out) if "scaling" in args.sections and not args.compare else []
+    plots = write_plots(results, out, "" if complete else "latest_") if "scaling" in args.sections else []
     print(report(results))
     if args.compare:
         print(f"\n## Today vs the stored run of this CPU kind ({kind})\n" + (

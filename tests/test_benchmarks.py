@@ -114,8 +114,9 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     import perf_kinds
 
     kind = perf_kinds.cpu_kind(common.machine_info())
-    folder = perf_kinds.kind_dir(tmp_path, kind)  # stored under the CPU kind it ran on
-    data = json.loads((folder / "results.json").read_text())
+    folder = perf_kinds.kind_dir(tmp_path, kind)  # under the CPU kind it ran on; not a complete run: beside the stored one
+    data = json.loads((folder / "latest.json").read_text())
+    assert not (folder / "results.json").exists()
     assert data["meta"]["cpu_kind"] == kind and f"CPU kind {kind}" in printed
     assert {"meta", "matmul", "matmul_reference", "models", "scaling", "accuracy", "summary"} <= set(data)
     assert data["meta"]["machine"]["threads"] >= 1 and data["meta"]["mode"] == "smoke"
@@ -149,7 +150,7 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     assert all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in data["summary"])
     bf16_speed = next(c for c in data["summary"] if c["name"] == "bf16_over_fp32_forward_speed")
     assert (bf16_speed["verdict"] == "N/A") is not native_bf16
-    for name in ("throughput.png", "memory.png"):
+    for name in ("latest_throughput.png", "latest_memory.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "=== bixt perf summary" in printed and "| model" in printed
     isa = common.isa_label(data["meta"]["machine"])
