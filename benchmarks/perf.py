@@ -4,6 +4,8 @@
     python benchmarks/perf.py --quick          # fewer repeats, no torch.compile (< 3 min)
     python benchmarks/perf.py --only models    # BiXT-Ti vs ViT-Ti images/s (fp32/bf16, eager/compiled)
     python benchmarks/perf.py --only models,matmul --no-compile --repeats 5
+    python benchmarks/perf.py --compare        # today's run next to the stored one of this CPU kind
+    python benchmarks/perf.py --kinds-table    # the README's table: one row per CPU kind stored
 
 Measures, in a single run where every configuration is timed once per round and reported as the
 median over rounds (so background load hits all configurations alike):
@@ -17,7 +19,9 @@ median over rounds (so background load hits all configurations alike):
             196 / 784 / 3136 / 12544 tokens (224 px at stride 16/8/4, 448 px at stride 4);
 - accuracy: bf16-autocast vs fp32 features of the golden reduced model (tests/data).
 
-Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out`` and prints markdown
+Writes ``results.json``, ``throughput.png`` and ``memory.png`` to ``--out``/perf/<CPU kind>/ (``avx2``,
+``avx512``, ``avx512-bf16``, ``amx``: one stored run per kind, see perf_kinds.py; a partial or quick
+run writes ``latest.json`` and ``latest_*.png`` there instead) and prints markdown
 tables plus a PASS/FAIL summary against the CPU performance targets (``TARGETS``: matmul share of the
 time, bf16 over fp32, BiXT over ViT at 3136 and 12544 tokens, memory growth, speed over the published
 implementation's ops). See benchmarks/README.md.
@@ -43,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bixt.accel import cpu_kernel_available, optimize  # noqa: E402
 from bixt.flops import count_call_flops  # noqa: E402
 from bixt.runtime import tune_cpu_allocator  # noqa: E402
+from perf_kinds import compare_table, cpu_kind, kind_dir, kinds_table, load_stored  # noqa: E402
 from published_ops import published_ops  # noqa: E402
 from common import (  # noqa: E402
     MemorySpec, build_model, cpu_snapshot, interleaved_timing, isa_label, machine_info, markdown_table,
@@ -668,6 +673,7 @@ def report(results: dict[str, Any]) -> str:
     meta = results["meta"]
     where = f"{meta['machine']['cpu_model']} [{isa_label(meta['machine'])}]"
     parts.append(f"# bixt perf ({meta['mode']}): {meta['machine']['cpu_model']} [{isa_label(meta['machine'])}], "
+                 f"CPU kind {meta.get('cpu_kind') or cpu_kind(meta['machine'])}, "
                  f"{meta['machine']['threads']} threads, "
                  f"torch {meta['machine']['torch']}, load average at start {meta['machine']['load_average']}, "
                  f"CPUs used by other processes during the run {meta['machine'].get('other_processes_cpus')}")
@@ -767,7 +773,7 @@ def busy_warning(machine: dict[str, Any]) -> Optional[str]:
             "run: absolute numbers and ratios are unreliable; rerun when idle")
 
 
-def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+def write_plots(results: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
     """throughput.png and memory.png: images/s and peak MB per image against token count (log-log)."""
     import matplotlib
 
@@ -807,7 +813,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 1))
         if note:
             fig.text(0.01, 0.01, textwrap.fill("not measured: " + note, 110), fontsize=6, va="bottom")
-        path = out / filename
+        path = out / (prefix + filename)
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
@@ -835,6 +841,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--default-allocator", action="store_true",
                    help="leave glibc malloc as it is (default: bixt.runtime.tune_cpu_allocator(), as the tasks do)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", action="store_true",
+                   help="also print today's run next to the stored run of this CPU kind (read before a "
+                        "complete run replaces it)")
+    p.add_argument("--kinds-table", action="store_true",
+                   help="print the one-row-per-CPU-kind table of the stored runs under --out and exit")
     args = p.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
     bad = [s for s in sections if s not in SECTIONS]
@@ -846,6 +857,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.kinds_table:
+        print(kinds_table(args.out))
+        return {}
     plan = make_plan(args)
     set_threads(args.threads or plan.threads)
     allocator_tuned = False if args.default_allocator else tune_cpu_allocator()
@@ -884,11 +898,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results.update(bench.run())
     results["meta"]["machine"]["load_average_end"] = list(os.getloadavg())
     results["meta"]["machine"]["other_processes_cpus"] = other_load(snapshot, cpu_snapshot())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    plots = write_plots(results, args.out) if "scaling" in args.sections else []
+    kind = results["meta"]["cpu_kind"] = cpu_kind(results["meta"]["machine"])
+    out = kind_dir(args.out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = load_stored(args.out, kind) if args.compare else None
+    # Only a complete default run replaces the stored run of its kind (after --compare has read it);
+    # a partial or quick run goes beside it as latest.json (latest_*.png).
+    complete = plan.mode == "full" and set(args.sections) == set(SECTIONS)
+    path = out / ("results.json" if complete else "latest.json")
+    path.write_text(json.dumps(results, indent=2, default=str))
+    plots = write_plots(results, out, "" if complete else "latest_") if "scaling" in args.sections else []
     print(report(results))
-    print(f"\nwrote {args.out / 'results.json'}" + "".join(f", {p}" for p in plots))
+    if args.compare:
+        print(f"\n## Today vs the stored run of this CPU kind ({kind})\n" + (
+            compare_table(stored, results) if stored else f"no stored run for {kind} under {out}: run without --compare"))
+    print(f"\nwrote {path}" + "".join(f", {p}" for p in plots))
     return results
 
 

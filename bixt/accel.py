@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from bixt.core.layers import MLP_CHUNK_ROWS, map_row_chunks
+
 __all__ = ["optimize", "cpu_kernel_available", "cpu_kernels_forced_off", "probe_cpu_kernel", "CPU_KERNELS"]
 
 CPU_KERNELS = ("fp32", "bf16")
-MLP_CHUNK_ROWS = 8192  # long inputs: bounds the 4x-wide hidden activation of an MLP
 
 
 def probe_cpu_kernel(kind: str) -> bool:
@@ -137,14 +138,9 @@ class PackedMlp(nn.Module):
         self.fc1, self.fc2 = PackedLinear(mlp.fc1), PackedLinear(mlp.fc2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows <= MLP_CHUNK_ROWS or not _packed_path(x):
+        if x.numel() <= MLP_CHUNK_ROWS * x.shape[-1] or not _packed_path(x):
             return self.fc2(self.fc1(x, gelu=True))
-        # Equal row chunks keep the hidden activation small.
-        size = -(-rows // -(-rows // MLP_CHUNK_ROWS))
-        flat = x.reshape(rows, -1)
-        out = torch.cat([self.fc2(self.fc1(flat[i:i + size], gelu=True)) for i in range(0, rows, size)])
-        return out.view(*x.shape[:-1], -1)
+        return map_row_chunks(lambda rows: self.fc2(self.fc1(rows, gelu=True)), x, MLP_CHUNK_ROWS)
 
 
 def _plain_gelu_mlp(module: nn.Module) -> bool:

@@ -111,7 +111,13 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     finally:
         torch.set_num_threads(threads)  # the smoke plan runs single-threaded; leave the session as found
     printed = capsys.readouterr().out
-    data = json.loads((tmp_path / "results.json").read_text())
+    import perf_kinds
+
+    kind = perf_kinds.cpu_kind(common.machine_info())
+    folder = perf_kinds.kind_dir(tmp_path, kind)  # under the CPU kind it ran on; not a complete run: beside the stored one
+    data = json.loads((folder / "latest.json").read_text())
+    assert not (folder / "results.json").exists()
+    assert data["meta"]["cpu_kind"] == kind and f"CPU kind {kind}" in printed
     assert {"meta", "matmul", "matmul_reference", "models", "scaling", "accuracy", "summary"} <= set(data)
     assert data["meta"]["machine"]["threads"] >= 1 and data["meta"]["mode"] == "smoke"
     assert data["meta"]["machine"]["bf16_gemm"] is native_bf16
@@ -144,8 +150,8 @@ def test_smoke_run_writes_json_plots_and_summary(tmp_path, capsys, native_bf16):
     assert all(c["verdict"] in ("PASS", "FAIL", "N/A") for c in data["summary"])
     bf16_speed = next(c for c in data["summary"] if c["name"] == "bf16_over_fp32_forward_speed")
     assert (bf16_speed["verdict"] == "N/A") is not native_bf16
-    for name in ("throughput.png", "memory.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("latest_throughput.png", "latest_memory.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "=== bixt perf summary" in printed and "| model" in printed
     isa = common.isa_label(data["meta"]["machine"])
     assert printed.count(f"[{isa}]") >= 4  # next to the header, every table and the summary
@@ -181,3 +187,38 @@ def test_cuda_check_says_when_there_is_no_gpu_and_formats_one_table(capsys):
     lines = cuda_check.table(results).splitlines()
     assert len(lines) == 2 + 4 and "| 4321 |" in lines[3] and "skipped (time budget)" in lines[4]
     assert "gloo on cpu" in lines[5]
+
+
+def _fake_perf_run(flags: list[str], fwd: float, started: str) -> dict:
+    machine = {"cpu_model": "Fake CPU", "cpu_flags": flags, "cpu_capability": "avx512" if "avx512f" in flags else "avx2",
+               "threads": 2, "torch": "x", "bf16_gemm": "avx512_bf16" in flags}
+    return {"meta": {"mode": "full", "started": started, "machine": machine},
+            "models": [{"label": "bixt", "role": "model", "task": "forward", "batch": 32, "dtype": "fp32",
+                        "mode": "eager", "images_per_s": fwd}],
+            "scaling": [{"family": "BiXT-Ti", "tokens": 12544, "images_per_s": 0.5, "peak_mb_per_image": 80.0}],
+            "matmul": [], "summary": [{"name": "accel_forward_over_plain_ops", "value": 1.2}]}
+
+
+def test_perf_results_are_stored_and_compared_per_cpu_kind(tmp_path):
+    import perf_kinds
+
+    assert [perf_kinds.cpu_kind({"cpu_flags": f, "cpu_capability": c}) for f, c in (
+        (["avx2"], "AVX2"), (["avx2", "avx512f"], "AVX512"), (["avx2", "avx512f", "avx512_bf16"], "AVX512"),
+        (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "AVX512"), ([], "DEFAULT"))] == [
+        "AVX2", "AVX-512", "AVX-512+BF16", "AMX", "other"]
+    assert [perf_kinds.kind_slug(k) for k in perf_kinds.KINDS] == ["avx2", "avx512", "avx512-bf16", "amx"]
+    avx2, zen5 = _fake_perf_run(["avx2"], 20.0, "2026-12-01"), _fake_perf_run(["avx2", "avx512f", "avx512_bf16"], 40.0, "2026-12-02")
+    for run in (avx2, zen5):
+        folder = perf_kinds.kind_dir(tmp_path, perf_kinds.cpu_kind(run["meta"]["machine"]))
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(run))
+    assert perf_kinds.known_kinds(tmp_path) == ["AVX2", "AVX-512+BF16"]
+    assert perf_kinds.load_stored(tmp_path, "AMX") is None
+    table = perf_kinds.kinds_table(tmp_path).splitlines()
+    assert len(table) == 4 and table[2].startswith("| AVX2 ") and table[3].startswith("| AVX-512+BF16 ")
+    assert "80 / – / –" in table[2]  # BiXT's memory at 12544 tokens; the others were not measured
+    today = _fake_perf_run(["avx2"], 25.0, "2026-12-05")
+    compared = perf_kinds.compare_table(perf_kinds.load_stored(tmp_path, "AVX2"), today)
+    line = next(l for l in compared.splitlines() if "forward b32 fp32 eager" in l)
+    assert "| 20.0 " in line and "| 25.0 " in line and "1.25" in line  # stored, today, ratio
+    assert "stored (2026-12-01)" in compared

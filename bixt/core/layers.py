@@ -6,12 +6,46 @@ outside the core, in :mod:`bixt.accel`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
-from timm.layers import DropPath, LayerScale
-from timm.layers import Mlp as Mlp  # noqa: F401  (re-exported: fc1 -> GELU -> fc2)
+import torch
+from timm.layers import DropPath, LayerScale, register_notrace_module
+from timm.layers import Mlp as TimmMlp
 from timm.models.vision_transformer import Block
 from torch import nn
+
+#: Inference over long inputs runs a token MLP over chunks of at most this many rows, so that its
+#: 4x-wide hidden activation exists for one chunk at a time instead of for the whole sequence.
+MLP_CHUNK_ROWS = 4096
+
+
+def map_row_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   chunk_rows: int = MLP_CHUNK_ROWS) -> torch.Tensor:
+    """``fn(x)`` for a row-wise ``fn`` (each output row depends on its own input row only), run over
+    equal chunks of at most ``chunk_rows`` rows of ``x`` (..., features) and written into one output."""
+    rows = x.numel() // x.shape[-1]
+    flat = x.reshape(rows, x.shape[-1])
+    size = -(-rows // -(-rows // chunk_rows))  # equal chunks: no small remainder GEMM
+    out = None
+    for start in range(0, rows, size):
+        part = fn(flat[start:start + size])
+        if out is None:
+            out = part.new_empty(rows, part.shape[-1])
+        out[start:start + size] = part
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@register_notrace_module  # a leaf for torch.fx: the chunking branches on the input's size
+class Mlp(TimmMlp):
+    """timm's ``Mlp`` (fc1 -> GELU -> fc2, same parameters). In eval-mode inference (no autograd,
+    not being compiled) over more than :data:`MLP_CHUNK_ROWS` rows it runs in row chunks: the same
+    result, without the (rows, hidden) activation that dominates a long sequence's peak memory."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or x.numel() <= MLP_CHUNK_ROWS * x.shape[-1]):
+            return super().forward(x)
+        return map_row_chunks(super().forward, x, MLP_CHUNK_ROWS)
 
 
 class LayerNorm(nn.LayerNorm):
