@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -127,6 +128,25 @@ def test_model_reads_only_its_streams_and_learns_on_embedded_data():
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.6 * losses[0]
+
+
+def test_fused_model_exports_to_onnx_and_matches_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")  # torch.onnx's exporter
+    model = tiny_model(("text", "image")).eval()
+    g = torch.Generator().manual_seed(3)
+    image, question = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.randint(1, 30, (2, 7), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = model(image, question, mask)
+        torch.onnx.export(model, (image, question, mask), dynamo=True, verbose=False).save(str(tmp_path / "vqa.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "vqa.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), (image, question, mask))}
+    (got,) = session.run(None, feeds)
+    assert got.shape == expected.shape
+    assert (torch.from_numpy(got) - expected).abs().max() <= 1e-4
 
 
 def test_model_refuses_a_stream_it_was_not_built_for():
