@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Optional, Sequence
 
 import numpy as np
 import torch
