@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,7 @@ def main() -> None:
     cfg = PRESETS[preset]
     stem = "label_efficiency" + ("" if preset == "full" else "_" + preset)
     out = Path(args.out or REPO / "benchmarks" / "results" / stem)
+    started = time.perf_counter()
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -91,16 +93,22 @@ def main() -> None:
                         work)
                     results.setdefault(task, {}).setdefault(start, []).append(best(run_dir, metric))
                     print(task, start, seed, results[task][start][-1], flush=True)
-    lines = [f"| task (metric, {int(cfg['share'] * 100)} % of labels) | from scratch | pre-trained |", "|---|---|---|"]
+    lines = [f"| task (metric %, {int(cfg['share'] * 100)} % of labels) | from scratch | pre-trained | gain |",
+             "|---|---|---|---|"]
     for task, runs in results.items():
+        scale = 100.0 if TASKS[task][1] == "miou" else 1.0  # every metric in %
+
         def cell(values: list[float]) -> str:
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{statistics.mean(values):.2f} ± {spread:.2f}"
-        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(runs['scratch'])} | {cell(runs['pretrained'])} |")
+            return f"{scale * statistics.mean(values):.1f} ± {scale * spread:.1f}"
+        gain = scale * (statistics.mean(runs["pretrained"]) - statistics.mean(runs["scratch"]))
+        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(runs['scratch'])} | {cell(runs['pretrained'])} | "
+                     f"{gain:+.1f} |")
     table = "\n".join(lines)
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"preset": preset, **cfg, "results": results}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"preset": preset, **cfg, "seconds": time.perf_counter() - started,
+                                                    "results": results}, indent=1))
     out.with_suffix(".md").write_text(table + "\n")
 
 
