@@ -35,8 +35,7 @@ TASKS = {
 }
 PRESETS = {  # pre-training overrides per modality, fine-tune epochs, share of labels, seeds
     "full": dict(pretrain={}, epochs=12, share=0.1, seeds=3),
-    "quick": dict(pretrain={"images": ["trainer.epochs=3"], "points": ["trainer.epochs=3"],
-                            "bytes": ["trainer.epochs=3"]}, epochs=6, share=0.1, seeds=3),
+    "quick": dict(pretrain={}, epochs=6, share=0.1, seeds=3),  # the default pre-training runs, shorter fine-tunes
     "smoke": dict(pretrain={"images": ["trainer.epochs=1", "data.train_size=64", "data.val_size=32"],
                             "points": ["trainer.epochs=1", "data.train_size=32", "data.test_size=16"],
                             "bytes": ["trainer.epochs=1", "data.train_size=32", "data.val_size=16"]},
@@ -91,17 +90,24 @@ def main() -> None:
                         work)
                     results.setdefault(task, {}).setdefault(start, []).append(best(run_dir, metric))
                     print(task, start, seed, results[task][start][-1], flush=True)
+                    write(out, preset, cfg, results)  # a cut-short run keeps what it measured
+    print(write(out, preset, cfg, results))
+
+
+def write(out: Path, preset: str, cfg: dict, results: dict[str, dict[str, list[float]]]) -> str:
     lines = [f"| task (metric, {int(cfg['share'] * 100)} % of labels) | from scratch | pre-trained |", "|---|---|---|"]
     for task, runs in results.items():
         def cell(values: list[float]) -> str:
+            if not values:
+                return "-"
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.2f} ± {spread:.2f}"
-        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(runs['scratch'])} | {cell(runs['pretrained'])} |")
+        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(runs.get('scratch', []))} | {cell(runs.get('pretrained', []))} |")
     table = "\n".join(lines)
-    print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"preset": preset, **cfg, "results": results}, indent=1))
     out.with_suffix(".md").write_text(table + "\n")
+    return table
 
 
 if __name__ == "__main__":
