@@ -72,6 +72,7 @@ def main() -> None:
     out = Path(args.out or REPO / "benchmarks" / "results" / stem)
     started = time.perf_counter()
     results: dict[str, dict[str, list[float]]] = {}
+    kept = stored_rows(out, preset, args.tasks)  # `--tasks X` redoes the row of X only
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pretrained: dict[str, Path] = {}
@@ -93,23 +94,43 @@ def main() -> None:
                         work)
                     results.setdefault(task, {}).setdefault(start, []).append(best(run_dir, metric))
                     print(task, start, seed, results[task][start][-1], flush=True)
+                    # a cut-short run keeps what it measured
+                    write(out, preset, cfg, {**kept, **results}, time.perf_counter() - started)
+    print(write(out, preset, cfg, {**kept, **results}, time.perf_counter() - started))
+
+
+def stored_rows(out: Path, preset: str, tasks: list[str]) -> dict[str, dict[str, list[float]]]:
+    """The stored rows of the same preset for the tasks this run does not repeat."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return {}
+    stored = json.loads(path.read_text())
+    if stored.get("preset") != preset:
+        return {}
+    return {task: runs for task, runs in stored["results"].items() if task not in tasks}
+
+
+def write(out: Path, preset: str, cfg: dict, results: dict[str, dict[str, list[float]]], seconds: float) -> str:
     lines = [f"| task (metric %, {int(cfg['share'] * 100)} % of labels) | from scratch | pre-trained | gain |",
              "|---|---|---|---|"]
     for task, runs in results.items():
         scale = 100.0 if TASKS[task][1] == "miou" else 1.0  # every metric in %
+        scratch, pretrained = runs.get("scratch", []), runs.get("pretrained", [])
 
         def cell(values: list[float]) -> str:
+            if not values:
+                return "-"
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{scale * statistics.mean(values):.1f} ± {scale * spread:.1f}"
-        gain = scale * (statistics.mean(runs["pretrained"]) - statistics.mean(runs["scratch"]))
-        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(runs['scratch'])} | {cell(runs['pretrained'])} | "
-                     f"{gain:+.1f} |")
+        gain = (f"{scale * (statistics.mean(pretrained) - statistics.mean(scratch)):+.1f}"
+                if scratch and pretrained else "-")
+        lines.append(f"| {task} ({TASKS[task][1]}) | {cell(scratch)} | {cell(pretrained)} | {gain} |")
     table = "\n".join(lines)
-    print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"preset": preset, **cfg, "seconds": time.perf_counter() - started,
+    out.with_suffix(".json").write_text(json.dumps({"preset": preset, **cfg, "seconds": seconds,
                                                     "results": results}, indent=1))
     out.with_suffix(".md").write_text(table + "\n")
+    return table
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from PIL import Image
 from bixt.core import BiXTEncoder
 from bixt.data.errors import DataError
 from bixt.data.unlabelled import embedded_text_data, image_folder_data, text_files_data
-from bixt.models.pretrain import (MaskedByteModel, MaskedImageModel, MaskedPointModel, block_mask, chamfer_distance,
+from bixt.models.pretrain import (ByteHead, MaskedByteModel, MaskedImageModel, MaskedPointModel, block_mask, chamfer_distance,
                                   random_mask)
 from bixt.models.text import BiXTSequenceEncoder
 from bixt.tokenizers.point import PointGroupTokenizer
@@ -116,6 +116,23 @@ def test_byte_masking_skips_padding_and_mixes_mask_random_kept():
     changed = float(((out["input"] != ids) & chosen & ~out["masked"]).sum()) / float(chosen.sum())
     assert 0.7 < masked_share < 0.9 and 0.04 < changed < 0.16
     assert out["logits"].shape == (4, 400, 257) and torch.isfinite(model.loss(out))
+
+
+def test_byte_head_reads_its_context_of_real_tokens_only():
+    torch.manual_seed(0)
+    head = ByteHead(dim=8, vocab_size=5, context=2)
+    tokens, real = torch.randn(1, 10, 8), torch.ones(1, 10, dtype=torch.bool)
+    real[:, 8:] = False
+    base = head(tokens, real)
+    moved = tokens.clone()
+    moved[:, 4] += torch.randn(8)
+    changed = (head(moved, real) - base).abs().amax(-1)[0] > 0
+    assert changed.tolist() == [False, False, True, True, True, True, True, False, False, False]
+    padding = tokens.clone()
+    padding[:, 8:] = 5.0  # what padding tokens hold never reaches a real one
+    assert torch.equal(head(padding, real)[:, :8], base[:, :8])
+    plain = ByteHead(dim=8, vocab_size=5, context=0)
+    assert (plain(moved, real) - plain(tokens, real)).abs().amax(-1)[0].nonzero().flatten().tolist() == [4]
 
 
 # ----------------------------------------------------------------------------- data

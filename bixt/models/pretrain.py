@@ -274,13 +274,32 @@ class MaskedPointModel(nn.Module):
         return masked_mean(chamfer_distance(outputs["pred"], outputs["target"]), outputs["mask"])
 
 
+class ByteHead(nn.Module):
+    """LayerNorm + Linear to the ids, with ``context > 0`` after a 1-D convolution over ``context``
+    refined tokens each side (padding read as zeros)."""
+
+    def __init__(self, *, dim: int, vocab_size: int, context: int = 0) -> None:
+        super().__init__()
+        self.norm = LayerNorm(dim)
+        self.mix = nn.Conv1d(dim, dim, 2 * context + 1, padding=context) if context else None
+        self.out = nn.Linear(dim, vocab_size)
+
+    def forward(self, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(tokens)
+        if self.mix is not None:
+            mixed = self.mix(rearrange(tokens * real.unsqueeze(-1), "b n d -> b d n"))
+            tokens = tokens + F.gelu(rearrange(mixed, "b d n -> b n d"))
+        return self.out(tokens)
+
+
 class MaskedByteModel(nn.Module):
     """Masked byte (or token) modelling: ``mask_ratio`` of the real ids chosen, of those 80 % read
     a learned mask embedding, 10 % a random id, 10 % stay; cross-entropy on the chosen ones.
     Padding (id 0) is never chosen. ``encoder``: a :class:`~bixt.models.text.BiXTSequenceEncoder`
     (its last layer is made two-sided)."""
 
-    def __init__(self, *, encoder: BiXTSequenceEncoder, mask_ratio: Ratio = 0.15) -> None:
+    def __init__(self, *, encoder: BiXTSequenceEncoder, mask_ratio: Ratio = 0.15,
+                 head_context: Annotated[int, Range(min=0)] = 0) -> None:
         super().__init__()
         self.mask_ratio = check_ratio(mask_ratio)
         if not encoder.encoder.update_tokens_last:
@@ -291,7 +310,7 @@ class MaskedByteModel(nn.Module):
         self.vocab_size = table.num_embeddings
         self.mask_token = nn.Parameter(torch.zeros(1, 1, table.embedding_dim))
         nn.init.normal_(self.mask_token)  # unit scale, as the token table (see TokenEmbedding)
-        self.decoder = nn.Sequential(LayerNorm(encoder.dim), nn.Linear(encoder.dim, self.vocab_size))
+        self.decoder = ByteHead(dim=encoder.dim, vocab_size=self.vocab_size, context=head_context)
 
     def forward(self, input_ids: torch.Tensor, *rest: Any) -> dict[str, torch.Tensor]:
         real = input_ids != PAD_ID
@@ -306,7 +325,7 @@ class MaskedByteModel(nn.Module):
         tokens = tokens + use_mask.unsqueeze(-1) * (self.mask_token - embed.table(ids))
         token_mask = ensure_visible_token(real)
         _, refined = self.backbone.encoder(tokens, token_mask=token_mask)
-        return {"logits": self.decoder(refined), "target": input_ids, "mask": chosen, "input": ids, "masked": use_mask}
+        return {"logits": self.decoder(refined, real), "target": input_ids, "mask": chosen, "input": ids, "masked": use_mask}
 
     def loss(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         mask = outputs["mask"]
