@@ -10,7 +10,8 @@ from PIL import Image
 
 from bixt.core import BiXTEncoder
 from bixt.data.errors import DataError
-from bixt.data.unlabelled import embedded_text_data, image_folder_data, text_files_data
+from bixt.data.unlabelled import (aan_documents_data, embedded_text_data, hf_images_data, image_folder_data,
+                                  text_files_data)
 from bixt.models.pretrain import (ByteHead, MaskedByteModel, MaskedImageModel, MaskedPointModel, block_mask, chamfer_distance,
                                   random_mask)
 from bixt.models.text import BiXTSequenceEncoder
@@ -148,6 +149,43 @@ def test_unlabelled_folders_refuse_empty_input_and_are_only_read(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     text = embedded_text_data(seed=0, train_size=5, val_size=3, num_topics=2, max_len=32)
     assert (len(text.train), len(text.val)) == (5, 3)
+
+
+def test_hf_images_need_no_label_column_and_hold_out_rows_without_a_val_split(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(6)]
+    path = tmp_path / "hf"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"image": images}, features=datasets.Features({"image": datasets.Image()}))}).save_to_disk(str(path))
+    kw = dict(path=str(path), load_kwargs={}, image_column="image", train_split="train", img_size=16,
+              on_bad_image="fail", mean=[0.5] * 3, std=[0.5] * 3,
+              aug=dict(scale=[0.6, 1.0], ratio=[0.75, 1.33], hflip=0.5, color_jitter=None, auto_augment=None,
+                       interpolation="bicubic", re_prob=0.0, crop_pct=1.0))
+    data = hf_images_data(val_split=None, val_fraction=0.5, **kw)
+    assert (len(data.train), len(data.val)) == (3, 3)
+    image, label = data.val[0]
+    assert image.shape == (3, 16, 16) and label == 0
+    with pytest.raises(KeyError, match="no split 'validation'.*data.val_split=null"):  # a split it lacks
+        hf_images_data(val_split="validation", val_fraction=0.5, **kw)
+    with pytest.raises(KeyError, match="no column 'img'"):
+        hf_images_data(val_split=None, val_fraction=0.5, **{**kw, "image_column": "img"})
+
+
+def test_aan_documents_are_read_once_each_and_the_folder_only_read(tmp_path):
+    rows = {"train": ["1\tA\tB\tb'first doc'\tb'second doc'", "0\tA\tC\tb'first doc'\tb'third'"],
+            "eval": ["1\tA\tD\tb'first doc'\tb'held out'"]}
+    for split, lines in rows.items():
+        (tmp_path / f"new_aan_pairs.{split}.tsv").write_text("\n".join(lines) + "\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    data = aan_documents_data(root=str(tmp_path), cache_dir=str(tmp_path.parent / "cache"), max_len=6)
+    text = lambda ids: bytes(int(i) - 1 for i in ids)  # noqa: E731
+    assert sorted(text(data.train[i][0]) for i in range(len(data.train))) == [b"first ", b"second", b"third"]
+    assert [text(data.val[i][0]) for i in range(len(data.val))] == [b"held o"]  # A is a train document
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with pytest.raises(FileNotFoundError, match="new_aan_pairs.train.tsv"):
+        aan_documents_data(root=str(tmp_path / "nowhere"), cache_dir=None, max_len=6)
 
 
 # ----------------------------------------------------------------------------- pre-train, then fine-tune

@@ -300,22 +300,25 @@ class HFImageDataset(_BadImagePolicy, Dataset):
     names every class by index (default: the ``ClassLabel`` names, else ``class_0``, ...).
     """
 
-    def __init__(self, split, image_column: str = "image", label_column: str = "label",
+    def __init__(self, split, image_column: str = "image", label_column: Optional[str] = "label",
                  transform: Optional[Callable] = None, on_bad_image: str = "fail", name: str = "dataset",
                  classes: Optional[Sequence[str]] = None, label_map: Optional[Sequence[int]] = None):
         from datasets import Image as HFImage
 
         for col in (image_column, label_column):
-            if col not in split.column_names:
+            if col is not None and col not in split.column_names:
                 raise KeyError(f"{name} has no column {col!r}; columns: {split.column_names} "
                                "(set data.image_column / data.label_column)")
         self.split = split.cast_column(image_column, HFImage(decode=False))
         self.image_column, self.label_column = image_column, label_column
         self.name = name
-        self.labels = _integer_labels(self.split[label_column], f"{name} column {label_column!r}")
+        if label_column is None:  # unlabelled images (pre-training): every label 0, never read
+            self.labels = [0] * len(self.split)
+        else:
+            self.labels = _integer_labels(self.split[label_column], f"{name} column {label_column!r}")
         if label_map is not None:
             self.labels = [int(label_map[y]) for y in self.labels]
-        if classes is None:
+        if classes is None and label_column is not None:
             classes = hf_class_names(split, label_column)
         if classes is None:
             classes = [f"class_{i}" for i in range(max(self.labels, default=-1) + 1)]

@@ -1,6 +1,7 @@
 """Unlabelled data for pre-training (``python -m bixt.tasks.pretrain``): an image folder (class
-sub-folders or flat, labels ignored), ``*.txt`` files (one sample per non-empty line, as byte ids)
-and an embedded generated text. Every sample is ``(input, 0)`` so that the classification sets
+sub-folders or flat, labels ignored), a local Hugging Face image dataset (only its image column
+read), ``*.txt`` files (one sample per non-empty line, as byte ids), the documents of the LRA AAN
+release, and an embedded generated text. Every sample is ``(input, 0)`` so that the classification sets
 of the other tasks (embedded shapes, ModelNet, ListOps: their labels ignored) fit the same batches.
 Nothing here writes into the data folder.
 """
@@ -14,14 +15,17 @@ import torch
 from torch.utils.data import Dataset
 
 from bixt.constraints import Range
-from bixt.data.aan import make_lexicons
+from bixt.data.aan import FILE_TEMPLATE, load_aan_split, make_lexicons
+from bixt.data.tsv import check_data_folder, prepare_cache_dir
 from bixt.data.errors import DataError
-from bixt.data.image_files import open_rgb, find_images
+from bixt.data.hf import load_local_splits
+from bixt.data.image_files import HFImageDataset, find_images, open_rgb
 from bixt.data.images import image_transforms
 from bixt.data.task_data import TaskData
 from bixt.tokenizers.text import PAD_ID
 
-__all__ = ["image_folder_data", "text_files_data", "embedded_text_data", "pad_collate"]
+__all__ = ["image_folder_data", "hf_images_data", "text_files_data", "aan_documents_data",
+           "embedded_text_data", "pad_collate"]
 
 
 class NoSamplesError(DataError, ValueError):
@@ -66,6 +70,32 @@ def image_folder_data(*, root: Optional[str], img_size: Annotated[int, Range(min
     return TaskData(None if eval_only else ImageFiles(train, train_tf), ImageFiles(val, val_tf))
 
 
+def hf_images_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any]], image_column: str,
+                   train_split: str, val_split: Optional[str],
+                   val_fraction: Annotated[float, Range(min=0.0, max=1.0, open_min=True, open_max=True)],
+                   img_size: Annotated[int, Range(min=1)], on_bad_image: str, mean: Sequence[float],
+                   std: Sequence[float], aug: Mapping[str, Any], eval_only: bool = False) -> TaskData:
+    """The image column of a local Hugging Face dataset; a label column is neither needed nor read.
+    Without ``val_split`` every k-th row of ``train_split`` is held out (``val_fraction``)."""
+    try:
+        ds = load_local_splits(path, (train_split,) if val_split is None else (train_split, val_split),
+                               option="hf", load_kwargs=load_kwargs)
+    except KeyError as err:  # a missing split: unlabelled data often has only one
+        raise KeyError(f"{err.args[0]}; data.val_split=null holds out every k-th train row instead") from None
+    if val_split is None:
+        train_rows, val_rows = _split(range(len(ds[train_split])), val_fraction)
+        train, val = ds[train_split].select(train_rows), ds[train_split].select(val_rows)
+    else:
+        train, val = ds[train_split], ds[val_split]
+    train_tf, val_tf = image_transforms(img_size=img_size, aug=aug, mean=mean, std=std)
+
+    def images(split, transform, name: str) -> HFImageDataset:
+        return HFImageDataset(split, image_column=image_column, label_column=None, transform=transform,
+                              on_bad_image=on_bad_image, name=f"{path}:{name}")
+    return TaskData(None if eval_only else images(train, train_tf, train_split),
+                    images(val, val_tf, val_split or f"{train_split} (held out)"))
+
+
 class ByteLines(Dataset):
     """Lines of text as byte ids (1..256), at most ``max_len``."""
 
@@ -106,6 +136,28 @@ def text_files_data(*, root: Optional[str], max_len: Annotated[int, Range(min=2)
     if not lines:
         raise NoSamplesError(f"the .txt files under {folder} are all empty; give text files with content")
     return _text_data(lines, max_len, val_fraction, eval_only)
+
+
+def aan_documents_data(*, root: Optional[str], cache_dir: Optional[str], max_len: Annotated[int, Range(min=2)],
+                       eval_only: bool = False) -> TaskData:
+    """Every distinct document of the LRA AAN release (``new_aan_pairs.{train,eval}.tsv``; pair labels
+    ignored), cut to ``max_len`` bytes: the train split's documents train, the eval split's others validate."""
+    if not root:
+        raise NoSamplesError("data=aan needs data.root=DIR, the folder holding new_aan_pairs.{train,eval}.tsv")
+    splits = ("train", "eval")
+    folder = check_data_folder(root, [FILE_TEMPLATE.format(split=s) for s in splits], "AAN")
+    cache = prepare_cache_dir(cache_dir, folder, "aan")
+    documents: dict[str, dict[str, bytes]] = {}
+    for split in splits:
+        rows = load_aan_split(folder / FILE_TEMPLATE.format(split=split), cache, split)
+        seen = documents.setdefault(split, {})
+        for side in ("1", "2"):
+            for doc_id, text in zip(rows["id" + side], rows["text" + side]):
+                if text:
+                    seen.setdefault(doc_id, text)
+    train = list(documents["train"].values())
+    val = [text for doc_id, text in documents["eval"].items() if doc_id not in documents["train"]] or train[:1]
+    return TaskData(None if eval_only else ByteLines(train, max_len), ByteLines(val, max_len), collate_fn=pad_collate)
 
 
 def embedded_text_data(*, seed: int, train_size: Annotated[int, Range(min=1)], val_size: Annotated[int, Range(min=1)],

@@ -7,7 +7,7 @@ tokens (:mod:`bixt.models.pretrain`), for images, point clouds and bytes. No lab
     python -m bixt.tasks.pretrain modality=points                   # masked point groups, embedded solids
     python -m bixt.tasks.pretrain modality=points data=modelnet40 data.root=DIR   # or data=shapenetpart
     python -m bixt.tasks.pretrain modality=bytes                    # masked bytes, embedded text
-    python -m bixt.tasks.pretrain modality=bytes data=text_files data.root=DIR    # *.txt; also data=listops
+    python -m bixt.tasks.pretrain modality=bytes data=text_files data.root=DIR    # *.txt; also data=listops / data=aan
 
 Each modality's default model is the architecture of its default downstream model (imagenet,
 modelnet40_cls, lra_listops) with every layer two-sided, so ``finetune_from=RUN/best.pth`` in those
