@@ -136,6 +136,19 @@ def test_byte_head_reads_its_context_of_real_tokens_only():
     assert (plain(moved, real) - plain(tokens, real)).abs().amax(-1)[0].nonzero().flatten().tolist() == [4]
 
 
+def test_byte_picture_writes_bytes_or_the_tokens_of_a_token_vocabulary(tmp_path):
+    from bixt.tasks.pretrain import byte_picture
+
+    chosen = torch.tensor([[False, True, False, False]])
+    outputs = dict(target=torch.tensor([[1, 2, 3, 0]]), input=torch.tensor([[1, 4, 3, 0]]), mask=chosen,
+                   masked=chosen, logits=torch.nn.functional.one_hot(torch.tensor([[1, 3, 3, 0]]), 5).float())
+    byte_picture(None, outputs, tmp_path / "tokens.txt", id_tokens=["<pad>", "[MAX", "9", "]", "4"])
+    assert (tmp_path / "tokens.txt").read_text().splitlines()[:4] == [
+        "original:  [MAX 9 ]", "input:     [MAX _ ]", "predicted: [MAX ] ]", "masked:    '9' -> ']'"]
+    byte_picture(None, outputs, tmp_path / "bytes.txt")  # ids are bytes + 1
+    assert (tmp_path / "bytes.txt").read_text().splitlines()[:2] == ["original:  \x00\x01\x02", "input:     \x00_\x02"]
+
+
 # ----------------------------------------------------------------------------- data
 def test_unlabelled_folders_refuse_empty_input_and_are_only_read(tmp_path):
     with pytest.raises(DataError, match="holds no readable images"):

@@ -442,7 +442,8 @@ def _task_data(splits: dict, name: str, keep_parens: bool) -> TaskData:
              ", ".join(f"{k} {len(v)}" for k, v in splits.items()), lengths,
              majority_rate(splits["train"]), majority_rate(splits["test"]) if len(splits["test"]) else float("nan"))
     return TaskData(splits["train"], splits["val"], {name: splits["test"]}, class_names=DIGITS,
-                    collate_fn=ListOpsCollate(), metadata={"vocab_size": vocabulary(keep_parens).vocab_size})
+                    collate_fn=ListOpsCollate(), metadata={"vocab_size": vocabulary(keep_parens).vocab_size,
+                              "id_tokens": ["<pad>", *vocabulary(keep_parens).tokens]})
 
 
 def listops_data(*, name: str, root: Optional[str], cache_dir: Optional[str], max_len: int, on_too_long: str,

@@ -17,7 +17,8 @@ bytes also report the masked-byte accuracy); each evaluation writes a picture in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+import functools
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import hydra
 from hydra.errors import InstantiationException
@@ -74,19 +75,24 @@ def point_picture(model: MaskedPointModel, outputs: Mapping[str, torch.Tensor], 
     plt.close(fig)
 
 
-def byte_picture(model: MaskedByteModel, outputs: Mapping[str, torch.Tensor], path: Path) -> None:
-    """A text file: per line the input with masked bytes as ``_``, then the predictions in ``[]``."""
+def byte_picture(model: MaskedByteModel, outputs: Mapping[str, torch.Tensor], path: Path,
+                 id_tokens: Optional[Sequence[str]] = None) -> None:
+    """A text file: per line the input with masked ids as ``_``, the input with the predictions
+    filled in, and the masked ids against their predictions. Ids are bytes, or with ``id_tokens``
+    (a token vocabulary such as ListOps') the tokens they name, space-separated."""
     def text(ids: torch.Tensor) -> str:
-        return bytes(int(i) - 1 for i in ids if 0 < int(i) <= 256).decode("latin-1")
+        if id_tokens is not None:
+            return " ".join("_" if int(i) < 0 else id_tokens[int(i)] for i in ids if int(i))
+        return bytes(ord("_") if int(i) < 0 else int(i) - 1 for i in ids if int(i) <= 256 and int(i)).decode("latin-1")
 
     lines = []
     predicted = outputs["logits"].argmax(-1)
     for i in range(min(6, outputs["target"].shape[0])):
         target, chosen = outputs["target"][i], outputs["mask"][i]
-        shown = torch.where(outputs["masked"][i], torch.full_like(target, ord("_") + 1), outputs["input"][i])
+        shown = torch.where(outputs["masked"][i], torch.full_like(target, -1), outputs["input"][i])
         filled = torch.where(chosen, predicted[i], target)
         lines += [f"original:  {text(target)}", f"input:     {text(shown)}", f"predicted: {text(filled)}",
-                  f"masked bytes: {text(target[chosen])!r} -> {text(predicted[i][chosen])!r}", ""]
+                  f"masked:    {text(target[chosen])!r} -> {text(predicted[i][chosen])!r}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -131,8 +137,9 @@ class MaskedModellingAdapter(TaskAdapter):
     main_metric = "loss"
     main_metric_mode = "min"
 
-    def __init__(self, model: torch.nn.Module, picture_dir: Optional[Path], ema: bool = False) -> None:
-        self.model, self.picture_dir, self.ema = model, picture_dir, ema
+    def __init__(self, model: torch.nn.Module, picture_dir: Optional[Path], ema: bool = False,
+                 id_tokens: Optional[Sequence[str]] = None) -> None:
+        self.model, self.picture_dir, self.ema, self.id_tokens = model, picture_dir, ema, id_tokens
         self.evaluations = 0
         self.sample_name = {MaskedImageModel: "img", MaskedPointModel: "clouds"}.get(type(model), "seqs")
         self.checkpoint_extra = {"pretraining": {"modality": next(k for k, v in MODALITIES.items()
@@ -164,6 +171,8 @@ class MaskedModellingAdapter(TaskAdapter):
             ema = self.ema and self.evaluations % 2 == 0
             epoch = (self.evaluations + 1) // 2 if self.ema else self.evaluations
             picture, suffix = PICTURES[type(self.model)]
+            if self.id_tokens is not None:
+                picture = functools.partial(picture, id_tokens=self.id_tokens)
             path = self.picture_dir / f"epoch_{epoch:03d}{'_ema' if ema else ''}.{suffix}"
 
             def draw(outputs: Mapping[str, torch.Tensor]) -> None:
@@ -181,7 +190,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except (ValueError, InstantiationException) as err:  # a mask ratio, block or image size the model cannot take
         raise kit.ConfigValueError(str(err.__cause__ if isinstance(err.__cause__, ValueError) else err)) from None
     pictures = None if cfg.trainer.eval_only else base_dir(cfg.trainer, None) / "recon"
-    adapter = MaskedModellingAdapter(model, pictures, ema=bool(cfg.trainer.ema))
+    adapter = MaskedModellingAdapter(model, pictures, ema=bool(cfg.trainer.ema),
+                                     id_tokens=data.metadata.get("id_tokens") if isinstance(model, MaskedByteModel) else None)
     return kit.run(cfg, model, adapter, data, start=start)
 
 
