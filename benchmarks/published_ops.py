@@ -9,10 +9,12 @@ bixt model and swaps the forward of the pieces whose op sequence differs in the 
   with ``transpose(1, 2).reshape``;
 - latent self-attention: explicit attention matrices (timm's ``Attention`` with ``fused_attn``
   off), no SDPA;
-- patch embedding: the strided (B, N, D) view of the conv output, used as it is.
+- patch embedding: the strided (B, N, D) view of the conv output, used as it is;
+- MLPs: timm's ``Mlp`` over all rows at once (bixt's :class:`~bixt.core.layers.Mlp` runs long
+  no-grad inputs in row chunks, which the published code does not; left in, the chunks would speed
+  the reference up too and hide what they win).
 
-LayerNorm, the MLPs (timm ``Mlp``), residual adds and the Fourier positions are the same ops in
-both, so they are left alone. The result computes the same function (a test checks it against the
+LayerNorm, residual adds and the Fourier positions are the same ops in both, so they are left alone. The result computes the same function (a test checks it against the
 plain model) with the published code's kernels.
 """
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Optional
 
 import torch
 from einops import rearrange
+from timm.layers import Mlp as TimmMlp
 from timm.models.vision_transformer import Attention  # (timm.layers.Attention in newer timm)
 from torch import nn
 
 from bixt.core.attention import BiCrossAttention
+from bixt.core.layers import Mlp
 from bixt.tokenizers.image import PatchTokenizer
 
 __all__ = ["published_ops"]
@@ -66,6 +70,8 @@ def published_ops(model: nn.Module) -> nn.Module:
             swapped += 1
         elif isinstance(module, Attention):
             module.fused_attn = False
+        elif isinstance(module, Mlp):
+            module.forward = types.MethodType(TimmMlp.forward, module)
     if not swapped:
         raise ValueError(f"{type(model).__name__} has no BiCrossAttention to run with the published ops")
     embed = getattr(model, "patch_embed", None)

@@ -43,6 +43,23 @@ def test_reference_matches_the_model_in_eval_and_training():
     assert not reference.patch_embed(images).is_contiguous()
 
 
+def test_reference_mlps_never_run_in_row_chunks(monkeypatch):
+    import bixt.core.layers as layers
+
+    calls = []
+    chunked = layers.map_row_chunks
+    monkeypatch.setattr(layers, "MLP_CHUNK_ROWS", 8)  # every MLP input here is longer
+    monkeypatch.setattr(layers, "map_row_chunks", lambda *a, **k: calls.append(1) or chunked(*a, **k))
+    model, reference = pair()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval()(images)
+        assert calls, "the bixt model should chunk here, or this test checks nothing"
+        calls.clear()
+        torch.testing.assert_close(reference.eval()(images), expected, atol=1e-5, rtol=1e-4)
+    assert not calls
+
+
 def test_reference_refuses_what_the_published_code_cannot_run():
     _, reference = pair()
     with pytest.raises(ValueError, match="unmasked"):
