@@ -149,6 +149,25 @@ def test_fused_model_exports_to_onnx_and_matches_eager(tmp_path):
     assert (torch.from_numpy(got) - expected).abs().max() <= 1e-4
 
 
+def test_hidden_head_learns_an_answer_that_is_a_product_of_two_inputs():
+    """Latents carrying a question bit and an image bit, the answer their XOR: a linear map of the
+    mean latent cannot fit it (at best 3 of the 4 cases), a hidden layer does."""
+    torch.manual_seed(0)
+    bits = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=torch.float32)
+    latents = torch.cat([bits, torch.zeros(4, 2)], 1)[:, None].repeat(1, 3, 1) * 2 - 1  # (4 cases, 3 latents, 4)
+    answers = (bits[:, 0] != bits[:, 1]).long()
+    accuracy = {}
+    for hidden in (None, 16):
+        head = ClassificationHead(dim=4, num_classes=2, hidden_dim=hidden)
+        opt = torch.optim.Adam(head.parameters(), lr=0.05)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(latents), answers).backward()
+            opt.step()
+        accuracy[hidden] = float((head(latents).argmax(-1) == answers).float().mean())
+    assert accuracy == {None: accuracy[None], 16: 1.0} and accuracy[None] <= 0.75
+
+
 def test_model_refuses_a_stream_it_was_not_built_for():
     with pytest.raises(ValueError, match="token_dims must name the streams"):
         VQAModel(encoder=BiXTEncoder(32, 1, 4, num_heads=2, token_dims={"audio": 8}),
