@@ -232,6 +232,12 @@ def test_image_pretraining_feeds_imagenet_and_ade20k(tmp_path):
     assert sorted(str(p) for p in data.rglob("*")) == before  # the data folder is never written
     pretrained = read_state_dict(run / "best.pth")
 
+    # timm loads the image backbone from it (pretrained_cfg_overlay), dropping the decoder and mask token
+    import timm
+    model = timm.create_model("bixt_ti_l64_p16", pretrained=True, pretrained_cfg_overlay=dict(file=str(run / "best.pth")),
+                              num_classes=3, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_latents=4)
+    torch.testing.assert_close(model.state_dict()["encoder.latents"], pretrained["backbone.encoder.latents"])
+
     # ImageNet: a frozen look at the weights through eval of the untrained fine-tune (lr 0)
     ft = tmp_path / "in"
     log = _checked(run_task_module("bixt.tasks.imagenet", [
