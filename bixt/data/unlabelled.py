@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Optional, Sequence
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -73,7 +73,7 @@ def image_folder_data(*, root: Optional[str], img_size: Annotated[int, Range(min
 def hf_images_data(*, path: Optional[str], load_kwargs: Optional[Mapping[str, Any]], image_column: str,
                    train_split: str, val_split: Optional[str],
                    val_fraction: Annotated[float, Range(min=0.0, max=1.0, open_min=True, open_max=True)],
-                   img_size: Annotated[int, Range(min=1)], on_bad_image: str, mean: Sequence[float],
+                   img_size: Annotated[int, Range(min=1)], on_bad_image: Literal["fail", "skip"], mean: Sequence[float],
                    std: Sequence[float], aug: Mapping[str, Any], eval_only: bool = False) -> TaskData:
     """The image column of a local Hugging Face dataset; a label column is neither needed nor read.
     Without ``val_split`` every k-th row of ``train_split`` is held out (``val_fraction``)."""
