@@ -14,8 +14,9 @@ bixt model and swaps the forward of the pieces whose op sequence differs in the 
   no-grad inputs in row chunks, which the published code does not; left in, the chunks would speed
   the reference up too and hide what they win).
 
-LayerNorm, residual adds and the Fourier positions are the same ops in both, so they are left alone. The result computes the same function (a test checks it against the
-plain model) with the published code's kernels.
+LayerNorm, residual adds and the Fourier positions are the same ops in both, so they are left
+alone. The result computes the same function (a test checks it against the plain model) with the
+published code's kernels.
 """
 from __future__ import annotations
 

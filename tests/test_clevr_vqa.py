@@ -165,7 +165,7 @@ def test_hidden_head_learns_an_answer_that_is_a_product_of_two_inputs():
             torch.nn.functional.cross_entropy(head(latents), answers).backward()
             opt.step()
         accuracy[hidden] = float((head(latents).argmax(-1) == answers).float().mean())
-    assert accuracy == {None: accuracy[None], 16: 1.0} and accuracy[None] <= 0.75
+    assert accuracy[16] == 1.0 and accuracy[None] <= 0.75
 
 
 def test_model_refuses_a_stream_it_was_not_built_for():

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
@@ -233,7 +234,6 @@ def test_image_pretraining_feeds_imagenet_and_ade20k(tmp_path):
     pretrained = read_state_dict(run / "best.pth")
 
     # timm loads the image backbone from it (pretrained_cfg_overlay), dropping the decoder and mask token
-    import timm
     model = timm.create_model("bixt_ti_l64_p16", pretrained=True, pretrained_cfg_overlay=dict(file=str(run / "best.pth")),
                               num_classes=3, img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_latents=4)
     torch.testing.assert_close(model.state_dict()["encoder.latents"], pretrained["backbone.encoder.latents"])
