@@ -222,3 +222,21 @@ def test_perf_results_are_stored_and_compared_per_cpu_kind(tmp_path):
     line = next(l for l in compared.splitlines() if "forward b32 fp32 eager" in l)
     assert "| 20.0 " in line and "| 25.0 " in line and "1.25" in line  # stored, today, ratio
     assert "stored (2026-12-01)" in compared
+
+
+def test_vqa_fusion_table_has_mean_and_spread_per_family_and_the_gain_over_the_better_baseline(tmp_path):
+    pytest.importorskip("matplotlib")  # the `bench` extra
+    import vqa_fusion
+
+    def run(overall, existence):
+        return {"overall": overall, "existence": existence, "counting": 40.0, "query": 50.0, "compare": 50.0,
+                "spatial": 50.0}
+    results = {"fused": [run(60.0, 90.0), run(64.0, 96.0)], "question only": [run(45.0, 50.0), run(45.0, 50.0)],
+               "image only": [run(31.0, 51.0), run(33.0, 51.0)]}
+    table = vqa_fusion.write(tmp_path / "out", results, {"fused": [200.0, 230.0], "question only": [60.0, 61.0],
+                                                         "image only": [150.0, 151.0]}, {"seeds": 2})
+    assert "| fused " in table and "62.0 ± 2.8" in table and "93.0 ± 4.2" in table and "| 230 " in table
+    assert table.endswith("fused - better baseline: +17.0 points (means over seeds)")
+    stored = json.loads((tmp_path / "out.json").read_text())
+    assert stored["results"]["image only"][1]["overall"] == 33.0 and stored["seeds"] == 2
+    assert (tmp_path / "out.png").stat().st_size > 0 and (tmp_path / "out.md").read_text().startswith("| model")
