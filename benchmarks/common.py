@@ -378,6 +378,12 @@ def measure_peak_memory(
 
 
 # --- presentation -----------------------------------------------------------------------------------
+def mean_std(values: Sequence[float], scale: float = 1.0) -> str:
+    """``"mean ± std"`` of a table cell over seeds (std 0 for one value; ``scale`` e.g. 100 for fractions)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.mean(values):.1f} ± {scale * spread:.1f}"
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     def fmt(v: Any) -> str:
         if v is None:

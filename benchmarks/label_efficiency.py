@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import mean_std  # noqa: E402
 
 #: task -> (pre-training modality, metric, full training-set size of the embedded data, its size key)
 TASKS = {
@@ -122,10 +124,7 @@ def write(out: Path, preset: str, cfg: dict, results: dict[str, dict[str, list[f
         scratch, pretrained = runs.get("scratch", []), runs.get("pretrained", [])
 
         def cell(values: list[float]) -> str:
-            if not values:
-                return "-"
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{scale * statistics.mean(values):.1f} ± {scale * spread:.1f}"
+            return mean_std(values, scale) if values else "-"
         gain = (f"{scale * (statistics.mean(pretrained) - statistics.mean(scratch)):+.1f}"
                 if scratch and pretrained else "-")
         lines.append(f"| {task} ({TASKS[task][1]}) | {cell(scratch)} | {cell(pretrained)} | {gain} |")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import machine_info, markdown_table  # noqa: E402
+from common import machine_info, markdown_table, mean_std  # noqa: E402
 
 MODELS = {"fused": "bixt_fusion", "question only": "question_only", "image only": "image_only"}
 FAMILIES = ("existence", "counting", "query", "compare", "spatial")
@@ -47,14 +47,9 @@ def run_task(model: str, seed: int, run_dir: Path, extra: list[str]) -> tuple[di
     return {"overall": last["val/top1"], **{f: last[f"val/acc/{f}"] for f in FAMILIES}}, seconds
 
 
-def summary(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
-
-
 def write(out: Path, results: dict[str, list[dict]], seconds: dict[str, list[float]], meta: dict) -> str:
     columns = ("overall", *FAMILIES)
-    rows = [[name, *(summary([r[c] for r in runs]) for c in columns), f"{max(seconds[name]):.0f}"]
+    rows = [[name, *(mean_std([r[c] for r in runs]) for c in columns), f"{max(seconds[name]):.0f}"]
             for name, runs in results.items()]
     table = markdown_table(["model", "val top-1 %", *FAMILIES, "longest run (s)"], rows)
     means = {name: statistics.mean(r["overall"] for r in runs) for name, runs in results.items()}
