@@ -84,7 +84,7 @@ def test_masked_loss_falls_in_a_few_steps():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
 
